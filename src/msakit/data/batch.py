@@ -1,0 +1,196 @@
+"""The one data contract: :class:`SplitData` holds a dataset split, :class:`Batch` a minibatch.
+
+Every reader (MMSA pickle, ``.csd``, bc-LSTM CSV, ``label.csv``, synthetic) produces
+:class:`SplitData`; :func:`collate` turns a list of row indices into a :class:`Batch`.
+Models learn what is missing from ``mask`` and ``present``, never from zeros.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+import numpy as np
+import torch
+
+MODALITIES = ("text", "audio", "vision")
+SHORT = {"l": "text", "t": "text", "a": "audio", "v": "vision"}
+
+
+@dataclass
+class SplitData:
+    """One split of a dataset, stored padded.
+
+    x[m]: (N, L_m, D_m) float32 features, zero beyond each sample's length.
+    lengths[m]: (N,) int64 number of valid steps (0 when the modality is absent).
+    present[m]: (N,) bool, whether modality m exists for the sample at all.
+    y: (N,) float32 sentiment label. ids: N sample ids.
+    y_m: optional per-modality labels (SIMS ``regression_labels_T/A/V``), each (N,).
+    text_ids: optional (N, L_t) int64 token ids with text_ids_mask (N, L_t) bool.
+    domain: optional (N,) int64 domain index (MIDG).
+    """
+
+    x: dict[str, np.ndarray]
+    lengths: dict[str, np.ndarray]
+    y: np.ndarray
+    ids: list[str]
+    present: dict[str, np.ndarray] | None = None
+    y_m: dict[str, np.ndarray] | None = None
+    text_ids: np.ndarray | None = None
+    text_ids_mask: np.ndarray | None = None
+    domain: np.ndarray | None = None
+    raw_text: list[str] | None = None
+
+    def __post_init__(self) -> None:
+        n = len(self.y)
+        self.y = np.asarray(self.y, dtype=np.float32).reshape(n)
+        self.ids = [str(i) for i in self.ids]
+        if len(self.ids) != n:
+            raise ValueError(f"SplitData: {len(self.ids)} ids for {n} labels")
+        for m, arr in self.x.items():
+            if arr.ndim != 3 or arr.shape[0] != n:
+                raise ValueError(f"SplitData: x[{m!r}] must be (N={n}, L, D), got {arr.shape}")
+            self.x[m] = np.ascontiguousarray(arr, dtype=np.float32)
+            lens = np.asarray(self.lengths[m], dtype=np.int64)
+            if lens.shape != (n,) or (lens < 0).any() or (lens > arr.shape[1]).any():
+                raise ValueError(
+                    f"SplitData: lengths[{m!r}] must be (N,) in [0, {arr.shape[1]}], got {lens}"
+                )
+            self.lengths[m] = lens
+        if self.present is None:
+            self.present = {m: self.lengths[m] > 0 for m in self.x}
+        self.present = {m: np.asarray(p, dtype=bool) for m, p in self.present.items()}
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        return tuple(self.x)
+
+    @property
+    def dims(self) -> dict[str, int]:
+        return {m: int(a.shape[2]) for m, a in self.x.items()}
+
+    def subset(self, idx: np.ndarray | list[int]) -> SplitData:
+        """Rows ``idx`` as a new SplitData (used to carve validation sets)."""
+        idx = np.asarray(idx, dtype=np.int64)
+
+        def take(a):
+            return None if a is None else a[idx]
+
+        def take_d(d):
+            return None if d is None else {k: v[idx] for k, v in d.items()}
+
+        return SplitData(
+            x=take_d(self.x),
+            lengths=take_d(self.lengths),
+            y=self.y[idx],
+            ids=[self.ids[i] for i in idx],
+            present=take_d(self.present),
+            y_m=take_d(self.y_m),
+            text_ids=take(self.text_ids),
+            text_ids_mask=take(self.text_ids_mask),
+            domain=take(self.domain),
+            raw_text=None if self.raw_text is None else [self.raw_text[i] for i in idx],
+        )
+
+
+@dataclass
+class Batch:
+    """A minibatch. Shapes: B samples; modality m has L_m steps of D_m features.
+
+    x[m]: (B, L_m, D_m) float; mask[m]: (B, L_m) bool, True where a step is observed;
+    present[m]: (B,) bool; y: (B,); ids: list of B strings; index: (B,) row indices in the split.
+    A modality that is not present has an all-False mask row.
+    """
+
+    x: dict[str, torch.Tensor]
+    mask: dict[str, torch.Tensor]
+    present: dict[str, torch.Tensor]
+    y: torch.Tensor
+    ids: list[str]
+    index: torch.Tensor | None = None
+    y_m: dict[str, torch.Tensor] | None = None
+    text_ids: torch.Tensor | None = None
+    text_ids_mask: torch.Tensor | None = None
+    domain: torch.Tensor | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def size(self) -> int:
+        return int(self.y.shape[0])
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        return tuple(self.x)
+
+    def replace(self, **changes: Any) -> Batch:
+        return replace(self, **changes)
+
+    def to(self, device: torch.device | str) -> Batch:
+        def mv(v):
+            if isinstance(v, torch.Tensor):
+                return v.to(device)
+            if isinstance(v, dict):
+                return {k: mv(t) for k, t in v.items()}
+            return v
+
+        return Batch(**{f.name: mv(getattr(self, f.name)) for f in fields(self)})
+
+    def observed(self, m: str) -> torch.Tensor:
+        """(B, L_m) bool: steps that are observed and belong to a present modality."""
+        return self.mask[m] & self.present[m][:, None]
+
+
+def collate(split: SplitData, idx: np.ndarray | list[int], trim: bool = True) -> Batch:
+    """Gather rows ``idx`` of ``split`` into a Batch; masks come from true lengths.
+
+    With ``trim``, each modality is cut to the longest sample in the batch.
+    """
+    idx = np.asarray(idx, dtype=np.int64)
+    x, mask, present = {}, {}, {}
+    for m, arr in split.x.items():
+        lens = split.lengths[m][idx]
+        L = int(max(1, lens.max())) if trim and len(idx) else arr.shape[1]
+        xm = torch.from_numpy(arr[idx, :L])
+        steps = torch.arange(L)[None, :]
+        mk = steps < torch.from_numpy(lens)[:, None]
+        pres = torch.from_numpy(split.present[m][idx]) & mk.any(1)
+        x[m] = xm * mk[..., None]
+        mask[m] = mk & pres[:, None]
+        present[m] = pres
+    text_ids = text_ids_mask = None
+    if split.text_ids is not None:
+        text_ids = torch.from_numpy(split.text_ids[idx]).long()
+        text_ids_mask = torch.from_numpy(split.text_ids_mask[idx]).bool()
+    return Batch(
+        x=x,
+        mask=mask,
+        present=present,
+        y=torch.from_numpy(split.y[idx]),
+        ids=[split.ids[i] for i in idx],
+        index=torch.from_numpy(idx),
+        y_m=None if split.y_m is None else {k: torch.from_numpy(v[idx]) for k, v in split.y_m.items()},
+        text_ids=text_ids,
+        text_ids_mask=text_ids_mask,
+        domain=None if split.domain is None else torch.from_numpy(split.domain[idx]).long(),
+    )
+
+
+def parse_modalities(spec: str) -> tuple[str, ...]:
+    """'lav' / 'l,a' / 'text,audio' -> ('text', 'audio', 'vision') order-preserving."""
+    spec = spec.strip().lower()
+    parts = [p for p in spec.replace("+", ",").split(",") if p]
+    out: list[str] = []
+    for p in parts:
+        if p in MODALITIES:
+            out.append(p)
+        elif all(c in SHORT for c in p):
+            out.extend(SHORT[c] for c in p)
+        else:
+            raise ValueError(
+                f"modality subset {spec!r}: expected letters from 'l','a','v' or names "
+                f"{MODALITIES}"
+            )
+    return tuple(dict.fromkeys(out))

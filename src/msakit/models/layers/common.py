@@ -1,0 +1,79 @@
+"""Blocks every model shares. All take boolean masks (True = observed) and never read content
+under a False mask: rows with no observed step get a learned "missing" state instead."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """x (B, L, D), mask (B, L) bool -> (B, D); rows with no observed step give zeros."""
+    w = mask.to(x.dtype).unsqueeze(-1)
+    return (x * w).sum(1) / w.sum(1).clamp_min(1.0)
+
+
+def mlp(sizes: list[int], dropout: float = 0.0, act: type[nn.Module] = nn.ReLU) -> nn.Sequential:
+    """Linear layers with ``act`` and dropout between them (none after the last)."""
+    layers: list[nn.Module] = []
+    for i in range(len(sizes) - 1):
+        layers.append(nn.Linear(sizes[i], sizes[i + 1]))
+        if i < len(sizes) - 2:
+            layers += [act(), nn.Dropout(dropout)]
+    return nn.Sequential(*layers)
+
+
+class PositionalEncoding(nn.Module):
+    """Sinusoidal positions (Vaswani et al. 2017), added to (B, L, D) inputs."""
+
+    def __init__(self, d: int, max_len: int = 4096) -> None:
+        super().__init__()
+        pos = torch.arange(max_len).unsqueeze(1)
+        div = torch.exp(torch.arange(0, d, 2) * (-math.log(10000.0) / d))
+        pe = torch.zeros(max_len, d)
+        pe[:, 0::2] = torch.sin(pos * div)
+        pe[:, 1::2] = torch.cos(pos * div[: d // 2])
+        self.register_buffer("pe", pe, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.pe[: x.shape[1]].unsqueeze(0)
+
+
+def safe_padding(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """For attention: (key_padding_mask with True = ignore, empty (B,) rows with nothing observed).
+
+    Empty rows get their first key un-ignored so softmax stays finite; callers must overwrite
+    those rows' outputs (their content is not trusted)."""
+    empty = ~mask.any(1)
+    kpm = ~mask
+    if empty.any():
+        kpm = kpm.clone()
+        kpm[empty, 0] = False
+    return kpm, empty
+
+
+class MaskedTransformer(nn.Module):
+    """Pre-norm transformer encoder over (B, L, D) with a padding mask.
+
+    Masked steps never influence observed ones; rows with no observed step return the learned
+    ``missing`` vector at every position.
+    """
+
+    def __init__(
+        self, d: int, layers: int = 2, heads: int = 4, ff: int | None = None, dropout: float = 0.1
+    ) -> None:
+        super().__init__()
+        layer = nn.TransformerEncoderLayer(
+            d, heads, ff or 4 * d, dropout, batch_first=True, norm_first=True
+        )
+        self.enc = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(d)
+        self.missing = nn.Parameter(torch.zeros(d))
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        kpm, empty = safe_padding(mask)
+        x = x.masked_fill(~mask.unsqueeze(-1), 0.0)
+        h = self.norm(self.enc(x, src_key_padding_mask=kpm))
+        return torch.where(empty[:, None, None], self.missing.expand_as(h), h)
