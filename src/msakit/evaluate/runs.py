@@ -1,0 +1,39 @@
+"""Finding and re-evaluating saved run folders."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from msakit.corrupt import parse_protocol
+from msakit.data.registry import load_dataset
+from msakit.train.api import summarize
+from msakit.train.engine import evaluate_model, load_run_model
+
+
+def seed_dirs(run: str | os.PathLike) -> list[Path]:
+    """The seed folders of a run: ``run`` itself when it holds model.pt, else its ``seed_*``."""
+    run = Path(run)
+    if (run / "model.pt").exists():
+        return [run]
+    dirs = sorted(d for d in run.glob("seed_*") if (d / "model.pt").exists())
+    if not dirs:
+        raise FileNotFoundError(
+            f"--run {run}: no finished run here (expected model.pt, or seed_*/model.pt)"
+        )
+    return dirs
+
+
+def evaluate_runs(
+    run: str | os.PathLike, dataset: str | None = None, protocol: str | None = None, seed: int = 0
+) -> dict:
+    """Re-evaluate every seed of a run on its own (or another) dataset; mean and std per split."""
+    per_seed, cache = [], {}
+    prot = parse_protocol(protocol)
+    for d in seed_dirs(run):
+        model, cfg = load_run_model(d)
+        name = dataset or cfg["dataset"]
+        if name not in cache:
+            cache[name] = load_dataset(name)
+        per_seed.append(evaluate_model(model, cache[name], protocol=prot, seed=seed))
+    return summarize(per_seed)
