@@ -3,6 +3,12 @@
 It updates ``mask`` / ``present`` and blanks the dropped content; missingness is never hidden
 from the masks. ``spec`` strings name a protocol and its level: ``frames:0.3``,
 ``modality:0.3``, ``subset:la``, ``noise:0.1``, ``frames:random``; ``a+b`` chains two.
+
+Every protocol keeps what the batch was before any corruption in
+``batch.extra["clean"] = {"x": ..., "mask": ..., "present": ...}`` (set by the first protocol
+applied, left alone by later ones), so a model may learn to reconstruct clean input (LNLN) or
+compute the realised missing rate ``1 - observed / clean-valid`` as a target. Models must use
+it only in ``loss``, never in ``forward`` (evaluation must not see clean data).
 """
 
 from __future__ import annotations
@@ -29,6 +35,10 @@ class Protocol:
         raise NotImplementedError
 
     def __call__(self, batch: Batch, seed: int = 0) -> Batch:
+        if "clean" not in batch.extra:
+            batch = batch.replace(
+                extra={**batch.extra, "clean": {"x": batch.x, "mask": batch.mask, "present": batch.present}}
+            )
         return self.apply(batch, seed)
 
     def __repr__(self) -> str:

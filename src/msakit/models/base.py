@@ -40,6 +40,9 @@ class ModelConfig:
     batch_size: int = 32
     grad_clip: float = 0.0
     loss: str = "l1"  # "l1" or "mse" for the sentiment regression term
+    # training corruption the method's paper uses (e.g. "frames:random"); the engine applies it
+    # unless the user passes --corrupt (then the user's choice wins; "none" disables it)
+    default_corrupt: str | None = None
 
 
 class MSAModel(nn.Module):

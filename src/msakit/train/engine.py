@@ -125,7 +125,8 @@ class LitMSA(L.LightningModule):
         self.model = model
         self.tcfg = tcfg
         self.seed = seed
-        self.corrupt: Protocol | None = parse_protocol(tcfg.corrupt)
+        spec = tcfg.corrupt if tcfg.corrupt is not None else model.config.default_corrupt
+        self.corrupt: Protocol | None = parse_protocol(spec)
         self.metric_fn = metrics_for(label_scale)
         self._val: list[tuple[np.ndarray, np.ndarray]] = []
         self.engine: Any = None
