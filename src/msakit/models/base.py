@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from msakit.data.batch import Batch
+from msakit.data.batch import MODALITIES, Batch
 from msakit.registry import Registry
 
 
@@ -53,7 +53,9 @@ class MSAModel(nn.Module):
 
     def __init__(self, dims: dict[str, int], config: ModelConfig) -> None:
         super().__init__()
-        self.dims = dict(dims)
+        # canonical order (text, audio, vision, then others), whatever order dims came in
+        order = {m: i for i, m in enumerate(MODALITIES)}
+        self.dims = {m: int(dims[m]) for m in sorted(dims, key=lambda m: (order.get(m, 99), m))}
         self.config = config
 
     def regression_loss(self, pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -35,7 +35,7 @@ class LateFusion(MSAModel):
     def __init__(self, dims: dict[str, int], config: LateFusionConfig) -> None:
         super().__init__(dims, config)
         c = config
-        self.mods = tuple(dims)
+        self.mods = tuple(self.dims)
         self.proj = nn.ModuleDict({m: nn.Linear(dims[m], c.d) for m in self.mods})
         self.enc = nn.ModuleDict(
             {m: MaskedTransformer(c.d, c.layers, c.heads, 2 * c.d, c.dropout) for m in self.mods}
