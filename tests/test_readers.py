@@ -403,7 +403,7 @@ def test_label_csv_with_packaged_encoder_and_cache(tmp_path, cache, monkeypatch)
         raise AssertionError("should have come from the cache")
 
     monkeypatch.setattr(text_mod.TextEncoder, "encode", boom)
-    again = load_label_csv(path, progress=False)
+    again = load_dataset(tmp_path, progress=False)  # the folder holding label.csv
     np.testing.assert_array_equal(again.splits["test"].x["text"], ds.splits["test"].x["text"])
     with pytest.raises(AssertionError, match="cache"):
         load_label_csv(path, max_length=8, progress=False)  # another key -> recompute

@@ -116,7 +116,8 @@ def require_files(entry: DatasetEntry | str, root: str | os.PathLike, verify: bo
     root = Path(root)
     missing = [f for f in entry.files if not (root / f).is_file()]
     if missing:
-        raise FileNotFoundError(how_to_get(entry, missing) + f" (looked in {root})")
+        extra = "" if root in registry.shared_data_candidates() else f", {root}"
+        raise FileNotFoundError(how_to_get(entry, missing) + extra)
     if verify:
         for f, sha in entry.files.items():
             if sha is not None and (got := sha256_file(root / f)) != sha:

@@ -143,6 +143,10 @@ def _is_label_csv(p: Path) -> bool:
 
 
 register_path_loader(_is_label_csv, load_label_csv)
+register_path_loader(  # an MMSA-FET dataset folder with its label.csv
+    lambda p: p.is_dir() and _is_label_csv(p / "label.csv"),
+    lambda p, **kw: load_label_csv(p / "label.csv", **kw),
+)
 
 
 _ENTRIES = {
