@@ -1,0 +1,363 @@
+"""LNLN: language-dominated noise-resistant learning network.
+
+Zhang, Wang, Li, Zhang, Yang. "Towards Robust Multimodal Sentiment Analysis with Incomplete
+Data", NeurIPS 2024. Reference code: github.com/Haoyu-ha/LNLN (read, not copied).
+
+Blocks (d = 128, 8 tokens everywhere, as in the reference):
+
+- Input construction: per modality a linear projection to d and a 2-layer transformer over
+  [8 learnable tokens; steps]; only the 8 tokens are kept (h_l, h_a, h_v). Steps that are not
+  observed are key-padded out (``batch.observed``), so their content never matters and a fully
+  missing modality still gives finite tokens (the learnable tokens are always there as keys).
+- Dominant modality correction (DMC): a completeness estimator (transformer over [1 token; h_l],
+  MLP d-64-1, sigmoid) predicts w ~ 1 - r_l; a proxy generator (transformer over
+  [8 learnable proxy tokens; h_a; h_v]) produces proxy language tokens h_p, passed through a
+  gradient-reversal layer; corrected language h_d = w * h_l + (1 - w) * h_p. A discriminator
+  (MLP d-64-2, per token) tells h_d (class 1) from clean language tokens (class 0).
+- Reconstructor: one 2-layer transformer per modality maps the (corrupted) tokens back to the
+  tokens the same input construction gives on the clean input.
+- Dominant-modality multimodal learning (DMML): a language transformer over h_d returning its
+  input and every layer; an adaptive hyper-modality encoder (ALMT) with one layer per returned
+  language state (depth 3), in which language queries audio and vision tokens and the updates
+  accumulate in 8 hyper tokens; a cross transformer (depth 2) in which the last language state
+  queries the hyper tokens; a linear head on the mean output token.
+- Loss: 0.9 * MSE(w, 1 - r_l) + 0.8 * CE(discriminator) + 0.1 * MSE(reconstruction)
+  + 1.0 * MSE(pred), named ``completeness``, ``adversarial``, ``reconstruction``, ``pred``.
+
+Clean data: the engine's corruption keeps the clean batch in ``batch.extra["clean"]``; only
+``loss`` reads it (reconstruction targets, clean language tokens for the discriminator, and
+r_l = 1 - observed / clean-valid language steps, the realised rate). Without it (clean
+training) the targets are the input's own tokens and r_l = 0. ``forward`` never sees clean data.
+
+Defaults from the paper / reference (configs/train_mosi.yaml, core/losses.py): d 128, 8 tokens,
+8 heads of size 64 (hyper-modality layers: heads of size d/8), feed-forward width 128, GELU,
+no dropout, depth 2 everywhere but the hyper encoder, loss weights 0.9 / 0.8 / 0.1 / 1.0 with
+MSE for the prediction, GRL alpha 1 (it reverses every gradient that reaches the proxy
+generator, as in the reference), reconstruction targets not detached, AdamW lr 1e-4,
+wd 1e-4, batch 64, training corruption ``frames:random``.
+
+Ours: key-padding masks (the reference attends over zero-filled steps); sinusoidal positions
+for the variable-length step sequences (the reference learns a fixed-length table), learned
+positions for the fixed token sets; one LayerNorm before self-attention (the reference
+normalises q, k and v separately); the proxy generator reads its own 8 learnable tokens (the
+reference prepends a second, unread set); r_l is the realised missing rate, not the drawn one;
+the clean-input tokens are recomputed only for rows the corruption changed (identical values
+and gradients for the rest, since dropout is 0 by default); the last layer of each step
+transformer computes only the token queries (the steps' outputs there are never read). The
+reference's warm-up + cosine learning-rate schedule (linear warm-up over 10% of 200 epochs) is
+not implemented: the engine uses plain AdamW with early stopping on validation MAE.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from msakit.corrupt import realised_missing_rate
+from msakit.data.batch import Batch
+from msakit.models.base import ModelConfig, MSAModel, Output, register_model
+from msakit.models.layers import PositionalEncoding
+
+
+@dataclass
+class LNLNConfig(ModelConfig):
+    d: int = 128
+    n_tokens: int = 8
+    heads: int = 8
+    dim_head: int = 64
+    ff: int = 128
+    depth: int = 2  # every transformer; the hyper-modality encoder has depth + 1 layers
+    dropout: float = 0.0
+    disc_hidden: int = 64
+    grl_alpha: float = 1.0
+    dominant: str = "text"
+    w_completeness: float = 0.9
+    w_adversarial: float = 0.8
+    w_reconstruction: float = 0.1
+    w_pred: float = 1.0
+    detach_rec_target: bool = False
+    lr: float = 1e-4
+    weight_decay: float = 1e-4
+    batch_size: int = 64
+    loss: str = "mse"
+    default_corrupt: str | None = "frames:random"
+
+
+class _GradReverse(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, alpha: float) -> torch.Tensor:
+        ctx.alpha = alpha
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return -ctx.alpha * grad, None
+
+
+def grad_reverse(x: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
+    """Identity forward; multiplies the gradient by ``-alpha`` on the way back."""
+    return _GradReverse.apply(x, alpha)
+
+
+class _Block(nn.Module):
+    """Pre-norm attention + feed-forward block. Self-attention when ``src`` is None, else the
+    queries ``x`` attend to ``src``. ``keep`` (B, S) bool marks the keys that may be attended;
+    ``n_query`` restricts the block to the first n queries."""
+
+    def __init__(
+        self, d: int, heads: int, dim_head: int, ff: int, dropout: float, cross: bool = False
+    ) -> None:
+        super().__init__()
+        inner = heads * dim_head
+        self.heads, self.dropout = heads, dropout
+        self.norm_q = nn.LayerNorm(d)
+        self.norm_kv = nn.LayerNorm(d) if cross else None
+        self.to_q = nn.Linear(d, inner, bias=False)
+        self.to_kv = nn.Linear(d, 2 * inner, bias=False)
+        self.out = nn.Sequential(nn.Linear(inner, d), nn.Dropout(dropout))
+        self.norm_ff = nn.LayerNorm(d)
+        self.ff = nn.Sequential(
+            nn.Linear(d, ff), nn.GELU(), nn.Dropout(dropout), nn.Linear(ff, d), nn.Dropout(dropout)
+        )
+
+    def _split(self, t: torch.Tensor) -> torch.Tensor:  # (B, L, H*dh) -> (B, H, L, dh)
+        return t.unflatten(-1, (self.heads, -1)).transpose(1, 2)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        src: torch.Tensor | None = None,
+        keep: torch.Tensor | None = None,
+        n_query: int | None = None,
+    ) -> torch.Tensor:
+        h = self.norm_q(x)
+        kv = self.to_kv(h if src is None else self.norm_kv(src))
+        if n_query is not None:
+            x, h = x[:, :n_query], h[:, :n_query]
+        q = self._split(self.to_q(h))
+        k, v = (self._split(t) for t in kv.chunk(2, -1))
+        mask = None if keep is None else keep[:, None, None, :]
+        p = self.dropout if self.training else 0.0
+        a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
+        x = x + self.out(a.transpose(1, 2).flatten(2))
+        return x + self.ff(self.norm_ff(x))
+
+
+class _Encoder(nn.Module):
+    """A stack of :class:`_Block`; optionally returns the input and every layer's output."""
+
+    def __init__(self, c: LNLNConfig, cross: bool = False) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(
+            _Block(c.d, c.heads, c.dim_head, c.ff, c.dropout, cross) for _ in range(c.depth)
+        )
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        src: torch.Tensor | None = None,
+        keep: torch.Tensor | None = None,
+        n_out: int | None = None,
+        all_layers: bool = False,
+    ) -> torch.Tensor | list[torch.Tensor]:
+        states = [x]
+        for i, layer in enumerate(self.layers):
+            last = i == len(self.layers) - 1
+            x = layer(x, src, keep, n_out if last else None)
+            states.append(x)
+        return states if all_layers else x
+
+
+class _TokenEncoder(nn.Module):
+    """Transformer over [n learnable tokens; inputs]; returns the n tokens' outputs.
+
+    ``seq_len`` given: the inputs are a fixed-length token set with learned positions;
+    otherwise they are variable-length steps with sinusoidal positions and a ``keep`` mask."""
+
+    def __init__(self, c: LNLNConfig, n: int, seq_len: int | None = None) -> None:
+        super().__init__()
+        self.tokens = nn.Parameter(torch.zeros(1, n, c.d))
+        if seq_len is None:
+            self.pos: nn.Module | nn.Parameter = PositionalEncoding(c.d)
+        else:
+            self.pos = nn.Parameter(torch.randn(1, seq_len, c.d))
+        self.enc = _Encoder(c)
+
+    def forward(self, x: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+        b, n = x.shape[0], self.tokens.shape[1]
+        x = self.pos(x) if isinstance(self.pos, nn.Module) else x + self.pos
+        x = torch.cat([self.tokens.expand(b, -1, -1), x], 1)
+        if keep is not None:
+            keep = torch.cat([keep.new_ones(b, n), keep], 1)
+        return self.enc(x, keep=keep, n_out=n)
+
+
+class _HyperLayer(nn.Module):
+    """ALMT hyper-modality update: the dominant tokens query each auxiliary modality's tokens;
+    the summed answers shift the (normalised) hyper tokens."""
+
+    def __init__(self, d: int, heads: int, aux: tuple[str, ...]) -> None:
+        super().__init__()
+        self.heads = heads
+        self.norm_dom, self.norm_hyper = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.norm_aux = nn.ModuleDict({m: nn.LayerNorm(d) for m in aux})
+        self.to_q = nn.Linear(d, d, bias=False)
+        self.to_kv = nn.ModuleDict({m: nn.Linear(d, 2 * d, bias=False) for m in aux})
+        self.out = nn.Linear(d, d)
+
+    def forward(
+        self, dom: torch.Tensor, aux: dict[str, torch.Tensor], hyper: torch.Tensor
+    ) -> torch.Tensor:
+        def split(t):
+            return t.unflatten(-1, (self.heads, -1)).transpose(1, 2)
+
+        q = split(self.to_q(self.norm_dom(dom)))
+        shift = 0
+        for m, h in aux.items():
+            k, v = (split(t) for t in self.to_kv[m](self.norm_aux[m](h)).chunk(2, -1))
+            shift = shift + F.scaled_dot_product_attention(q, k, v)
+        return self.norm_hyper(hyper) + self.out(shift.transpose(1, 2).flatten(2))
+
+
+@register_model("lnln", LNLNConfig)
+class LNLN(MSAModel):
+    """LNLN (NeurIPS 2024): language-dominated correction + hyper-modality fusion, robust to
+    missing steps."""
+
+    def __init__(self, dims: dict[str, int], config: LNLNConfig) -> None:
+        super().__init__(dims, config)
+        c = config
+        if c.dominant not in dims:
+            raise ValueError(
+                f"lnln: dominant modality {c.dominant!r} not in the dataset's modalities "
+                f"{tuple(dims)} (config field 'dominant')"
+            )
+        self.aux = tuple(m for m in dims if m != c.dominant)
+        if not self.aux:
+            raise ValueError(f"lnln needs at least one modality besides {c.dominant!r}, got {dims}")
+        n, d = c.n_tokens, c.d
+        self.mods = (c.dominant, *self.aux)
+        # input construction
+        self.proj = nn.ModuleDict({m: nn.Linear(dims[m], d) for m in self.mods})
+        self.embed = nn.ModuleDict({m: _TokenEncoder(c, n) for m in self.mods})
+        # dominant modality correction
+        self.completeness = _TokenEncoder(c, 1, seq_len=n)
+        self.completeness_head = nn.Sequential(
+            nn.Linear(d, d // 2), nn.LeakyReLU(0.1), nn.Linear(d // 2, 1), nn.Sigmoid()
+        )
+        self.proxy = _TokenEncoder(c, n, seq_len=n * len(self.aux))
+        self.discriminator = nn.Sequential(
+            nn.Linear(d, c.disc_hidden), nn.LeakyReLU(0.1), nn.Linear(c.disc_hidden, 2)
+        )
+        # reconstructor
+        self.rec_pos = nn.ParameterDict({m: nn.Parameter(torch.randn(1, n, d)) for m in self.mods})
+        self.reconstructor = nn.ModuleDict({m: _Encoder(c) for m in self.mods})
+        # dominant-modality multimodal learning
+        self.lang_pos = nn.Parameter(torch.randn(1, n, d))
+        self.lang_enc = _Encoder(c)
+        self.hyper_tokens = nn.Parameter(torch.randn(1, n, d))
+        self.hyper = nn.ModuleList(_HyperLayer(d, c.heads, self.aux) for _ in range(c.depth + 1))
+        self.cross_token = nn.Parameter(torch.zeros(1, 1, d))
+        self.cross_pos_src = nn.Parameter(torch.randn(1, n + 1, d))
+        self.cross_pos_tgt = nn.Parameter(torch.randn(1, n + 1, d))
+        self.cross = _Encoder(c, cross=True)
+        self.head = nn.Linear(d, 1)
+
+    def tokens(
+        self, x: dict[str, torch.Tensor], observed: dict[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        """Input construction: {m: (B, n_tokens, d)} from features and observed-step masks."""
+        return {m: self._embed(m, x[m], observed[m]) for m in self.mods}
+
+    def _embed(self, m: str, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        # trailing steps observed in no row are dropped (they cannot change the tokens)
+        steps = torch.arange(1, keep.shape[1] + 1, device=keep.device)
+        n = int((keep * steps).max()) if keep.numel() else 0
+        x, keep = x[:, : max(n, 1)], keep[:, : max(n, 1)]
+        x = x.masked_fill(~keep[..., None], 0.0)  # content under the mask never enters
+        return self.embed[m](self.proj[m](x), keep)
+
+    def forward(self, batch: Batch) -> Output:
+        c = self.config
+        b = batch.size
+        h = self.tokens(batch.x, {m: batch.observed(m) for m in self.mods})
+        h_l = h[c.dominant]
+        # dominant modality correction
+        w = self.completeness_head(self.completeness(h_l)[:, 0])  # (B, 1)
+        aux = torch.cat([h[m] for m in self.aux], 1)
+        h_p = grad_reverse(self.proxy(aux), c.grl_alpha)
+        h_d = w[:, :, None] * h_l + (1 - w[:, :, None]) * h_p
+        # dominant-modality multimodal learning
+        states = self.lang_enc(h_d + self.lang_pos, all_layers=True)
+        hyper = self.hyper_tokens.expand(b, -1, -1)
+        aux_tokens = {m: h[m] for m in self.aux}
+        for layer, dom in zip(self.hyper, states, strict=True):
+            hyper = layer(dom, aux_tokens, hyper)
+        tok = self.cross_token.expand(b, -1, -1)
+        src = torch.cat([tok, hyper], 1) + self.cross_pos_src
+        tgt = torch.cat([tok, states[-1]], 1) + self.cross_pos_tgt
+        fused = self.cross(tgt, src=src)
+        pred = self.head(fused[:, 1:].mean(1)).squeeze(-1)
+        return Output(pred, {"w": w.squeeze(-1), "tokens": h, "h_d": h_d})
+
+    def clean_tokens(self, out: Output, batch: Batch) -> dict[str, torch.Tensor]:
+        """The input-construction tokens of the clean batch (``batch.extra["clean"]``).
+
+        Rows the corruption left unchanged reuse the forward pass's tokens (same values, same
+        gradients); only changed rows are recomputed. Without a clean batch: the tokens."""
+        h = out.extras["tokens"]
+        clean = batch.extra.get("clean")
+        if clean is None:
+            return dict(h)
+        res = {}
+        for m in self.mods:
+            obs = batch.observed(m)
+            c_obs = clean["mask"][m] & clean["present"][m][:, None]
+            c_x = clean["x"][m]
+            same_x = (c_x == batch.x[m]) | ~obs[..., None]
+            changed = ((c_obs != obs).any(1) | ~same_x.flatten(1).all(1)).nonzero().squeeze(1)
+            if changed.numel() == 0:
+                res[m] = h[m]
+                continue
+            new = self._embed(m, c_x[changed], c_obs[changed])
+            res[m] = h[m].index_copy(0, changed, new)
+        return res
+
+    def loss(self, out: Output, batch: Batch) -> dict[str, torch.Tensor]:
+        c = self.config
+        h = out.extras["tokens"]
+        target = self.clean_tokens(out, batch)
+        if c.detach_rec_target:
+            target_rec = {m: t.detach() for m, t in target.items()}
+        else:
+            target_rec = target
+        # completeness estimator against 1 - realised language missing rate
+        r_l = realised_missing_rate(batch)[c.dominant]
+        l_cc = F.mse_loss(out.extras["w"], 1.0 - r_l)
+        # discriminator: corrected language (1) vs clean language (0), per token
+        h_d, clean_l = out.extras["h_d"], target[c.dominant]
+        logits = self.discriminator(torch.cat([h_d, clean_l], 0).flatten(0, 1))
+        labels = torch.cat(
+            [torch.ones(h_d.shape[:2].numel()), torch.zeros(clean_l.shape[:2].numel())]
+        ).long().to(logits.device)
+        l_adv = F.cross_entropy(logits, labels)
+        # reconstruction of the clean-input tokens
+        rec = [self.reconstructor[m](h[m] + self.rec_pos[m]) for m in self.mods]
+        l_rec = F.mse_loss(torch.cat(rec, 1), torch.cat([target_rec[m] for m in self.mods], 1))
+        l_pred = self.regression_loss(out.pred, batch.y)
+        total = (
+            c.w_completeness * l_cc
+            + c.w_adversarial * l_adv
+            + c.w_reconstruction * l_rec
+            + c.w_pred * l_pred
+        )
+        return {
+            "total": total,
+            "pred": l_pred,
+            "completeness": l_cc,
+            "adversarial": l_adv,
+            "reconstruction": l_rec,
+        }

@@ -1,0 +1,203 @@
+"""LNLN: the completeness target, gradient reversal, clean-input reconstruction targets, the
+four named loss terms, masks, shapes, and a short run through the training engine."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import msakit
+from msakit.data.batch import Batch, SplitData
+from msakit.data.dataset import MSADataset
+from msakit.models import create_model
+from msakit.models.lnln import grad_reverse
+from msakit.train.engine import LitMSA, TrainConfig
+
+DIMS = {"text": 12, "audio": 5, "vision": 7}
+LENS = {"text": 10, "audio": 14, "vision": 9}
+TINY = dict(d=16, n_tokens=4, heads=2, dim_head=8, ff=16, disc_hidden=8)
+
+
+def tiny_model(**kw) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return create_model("lnln", DIMS, **{**TINY, **kw})
+
+
+def clean_batch(b: int = 5, seed: int = 0) -> Batch:
+    g = torch.Generator().manual_seed(seed)
+    x, mask = {}, {}
+    for m, d in DIMS.items():
+        L = LENS[m]
+        lens = torch.randint(2, L + 1, (b,), generator=g)
+        lens[0] = L
+        mask[m] = torch.arange(L)[None] < lens[:, None]
+        x[m] = torch.randn(b, L, d, generator=g) * mask[m][..., None]
+    present = {m: torch.ones(b, dtype=torch.bool) for m in DIMS}
+    return Batch(x, mask, present, torch.randn(b, generator=g), [f"s{i}" for i in range(b)])
+
+
+def corrupt(batch: Batch, drops: dict[str, list[tuple[int, int]]]) -> Batch:
+    """Hide (row, step) pairs per modality, zero their content, keep the clean batch."""
+    mask = {m: v.clone() for m, v in batch.mask.items()}
+    for m, pairs in drops.items():
+        for i, t in pairs:
+            mask[m][i, t] = False
+    x = {m: batch.x[m] * mask[m][..., None] for m in batch.x}
+    clean = {"x": batch.x, "mask": batch.mask, "present": batch.present}
+    return batch.replace(x=x, mask=mask, extra={"clean": clean})
+
+
+def test_shapes_tiny_config():
+    model, b = tiny_model(), clean_batch()
+    out = model(b)
+    assert out.pred.shape == (5,)
+    assert out.extras["w"].shape == (5,)
+    assert ((out.extras["w"] > 0) & (out.extras["w"] < 1)).all()
+    assert out.extras["h_d"].shape == (5, 4, 16)
+    assert {m: t.shape for m, t in out.extras["tokens"].items()} == {m: (5, 4, 16) for m in DIMS}
+
+
+def test_completeness_target_is_one_minus_realised_language_missing_rate():
+    model = tiny_model(w_adversarial=0.0, w_reconstruction=0.0, w_pred=0.0, w_completeness=1.0)
+    b = clean_batch()
+    n_valid = b.mask["text"][1].sum().item()
+    # row 1 loses 2 of its valid text steps, row 0 loses 3 of 10; rows 2-4 lose nothing
+    cb = corrupt(b, {"text": [(1, 0), (1, 1), (0, 2), (0, 5), (0, 9)], "audio": [(2, 0)]})
+    out = model(cb)
+    target = torch.ones(5)
+    target[0] = 1 - 3 / 10
+    target[1] = 1 - 2 / n_valid
+    losses = model.loss(out, cb)
+    expected = torch.mean((out.extras["w"] - target) ** 2)
+    assert losses["completeness"].item() == pytest.approx(expected.item(), rel=1e-6)
+    assert losses["total"].item() == pytest.approx(expected.item(), rel=1e-6)
+    # no clean batch (clean training / evaluation): the target is 1 (r_l = 0)
+    out = model(b)
+    expected = torch.mean((out.extras["w"] - 1.0) ** 2)
+    assert model.loss(out, b)["completeness"].item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_grad_reverse_function():
+    x = torch.randn(3, 4, requires_grad=True)
+    y = grad_reverse(x, 0.5)
+    assert torch.equal(y, x)
+    (y * torch.arange(4.0)).sum().backward()
+    assert torch.allclose(x.grad, -0.5 * torch.arange(4.0).expand(3, 4))
+
+
+def test_gradient_reversal_flips_gradient_reaching_proxy_generator():
+    b = corrupt(clean_batch(), {"text": [(0, 1), (2, 0)], "vision": [(1, 3)]})
+
+    def grads(alpha):
+        model = tiny_model(grl_alpha=alpha)
+        loss = model.loss(model(b), b)["total"]
+        loss.backward()
+        proxy = {n: p.grad.clone() for n, p in model.proxy.named_parameters()}
+        other = {n: p.grad.clone() for n, p in model.head.named_parameters()}
+        return proxy, other
+
+    rev, head_rev = grads(1.0)
+    ident, head_ident = grads(-1.0)  # alpha -1: the layer passes gradients through unchanged
+    assert any(g.abs().sum() > 0 for g in rev.values())
+    for n in rev:
+        assert torch.allclose(rev[n], -ident[n], atol=1e-6), n
+    # blocks before the reversal see the same gradient either way
+    for n in head_rev:
+        assert torch.allclose(head_rev[n], head_ident[n], atol=1e-6), n
+
+
+def test_reconstruction_target_comes_from_the_clean_batch():
+    model = tiny_model().eval()
+    b = clean_batch()
+    cb = corrupt(b, {"audio": [(1, 0), (1, 3)], "vision": [(3, 2)]})
+    out = model(cb)
+    target = model.clean_tokens(out, cb)
+    expected = model.tokens(b.x, {m: b.observed(m) for m in DIMS})
+    for m in DIMS:
+        assert torch.allclose(target[m], expected[m], atol=1e-5), m
+    # the corrupted rows' input tokens differ from their targets; untouched rows coincide
+    assert not torch.allclose(out.extras["tokens"]["audio"][1], target["audio"][1], atol=1e-4)
+    assert torch.allclose(out.extras["tokens"]["audio"][0], target["audio"][0], atol=1e-6)
+    # changing clean content changes the reconstruction loss, never the prediction
+    cb2 = cb.replace(extra={"clean": {**cb.extra["clean"], "x": {**b.x, "audio": b.x["audio"] * 3}}})
+    out2 = model(cb2)
+    assert torch.equal(out2.pred, out.pred)
+    l1, l2 = model.loss(out, cb), model.loss(out2, cb2)
+    assert l2["reconstruction"].item() != pytest.approx(l1["reconstruction"].item(), rel=1e-4)
+    # without a clean batch the target is the input's own tokens
+    out = model(b)
+    assert all(torch.equal(model.clean_tokens(out, b)[m], out.extras["tokens"][m]) for m in DIMS)
+
+
+def test_four_loss_terms_named_and_weighted():
+    model = tiny_model()
+    cb = corrupt(clean_batch(), {"text": [(0, 0)], "audio": [(3, 1)]})
+    losses = model.loss(model(cb), cb)
+    assert set(losses) == {"total", "pred", "completeness", "adversarial", "reconstruction"}
+    assert all(torch.isfinite(v) and v.ndim == 0 for v in losses.values())
+    total = (
+        0.9 * losses["completeness"] + 0.8 * losses["adversarial"]
+        + 0.1 * losses["reconstruction"] + 1.0 * losses["pred"]
+    )
+    assert losses["total"].item() == pytest.approx(total.item(), rel=1e-6)
+    # prediction term is MSE as in the reference
+    out = model(cb)
+    assert model.loss(out, cb)["pred"].item() == pytest.approx(
+        torch.mean((out.pred - cb.y) ** 2).item(), rel=1e-6
+    )
+
+
+def test_masked_content_and_missing_modalities():
+    model = tiny_model().eval()
+    b = clean_batch()
+    mask = {m: v.clone() for m, v in b.mask.items()}
+    mask["vision"][:, 4:] = False
+    present = {**b.present, "audio": torch.tensor([True, False, True, False, True])}
+    b = b.replace(mask=mask, present=present)
+    junk = {m: v.clone() for m, v in b.x.items()}
+    junk["vision"][:, 4:] = float("nan")
+    junk["audio"][[1, 3]] = float("-inf")
+    with torch.no_grad():
+        p1, p2 = model(b).pred, model(b.replace(x=junk)).pred
+    assert torch.isfinite(p2).all()
+    assert torch.allclose(p1, p2, atol=1e-6)
+    # every modality missing for a sample: still finite
+    none = {m: torch.zeros(5, dtype=torch.bool) for m in DIMS}
+    with torch.no_grad():
+        assert torch.isfinite(model(b.replace(present=none)).pred).all()
+
+
+def tiny_dataset() -> MSADataset:
+    rng = np.random.default_rng(0)
+
+    def split(n):
+        x, lens = {}, {}
+        for m, d in DIMS.items():
+            lens[m] = rng.integers(2, LENS[m] + 1, n)
+            a = rng.normal(size=(n, LENS[m], d)).astype("f4")
+            a[np.arange(LENS[m])[None] >= lens[m][:, None]] = 0
+            x[m] = a
+        sig = np.array([x["text"][i, : lens["text"][i], 0].mean() for i in range(n)])
+        return SplitData(x, lens, np.clip(3 * np.tanh(2 * sig), -3, 3), [str(i) for i in range(n)])
+
+    return MSADataset("lnln-tiny", {"train": split(48), "valid": split(16), "test": split(16)})
+
+
+def test_short_training_run_through_the_engine(tmp_path):
+    summ = msakit.train(
+        "lnln", tiny_dataset(), tmp_path, seeds=[0], epochs=2,
+        overrides={**TINY, "batch_size": 16, "lr": 1e-3},
+    )
+    assert np.isfinite(summ["test"]["mae"]["mean"])
+    cfg = json.loads((tmp_path / "seed_0" / "config.json").read_text())
+    assert cfg["model_config"]["default_corrupt"] == "frames:random"
+    rows = list(csv.DictReader(open(tmp_path / "seed_0" / "logs" / "metrics.csv")))
+    logged = {k for r in rows for k, v in r.items() if v}
+    assert {f"train/{k}" for k in ("completeness", "adversarial", "reconstruction", "pred")} <= logged
+    # the engine applies the paper's training corruption by default
+    lit = LitMSA(create_model("lnln", DIMS, **TINY), TrainConfig(), 0, "mosi")
+    assert lit.corrupt is not None and lit.corrupt.spec == "frames:random"
