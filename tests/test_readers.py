@@ -74,7 +74,8 @@ def test_mmsa_unaligned_mosi_layout(tmp_path, protocol):
     path = tmp_path / "MOSI" / "Processed" / "unaligned_50.pkl"
     data, lens = write_mmsa(path, protocol=protocol)
     ds = load_dataset(path)
-    assert ds.name == "MOSI/unaligned_50" and ds.label_scale == "mosi"
+    assert ds.name == str(path.resolve()) and ds.label_scale == "mosi"
+    assert load_dataset(ds.name).sizes() == ds.sizes()  # the name loads it again
     assert ds.sizes() == {"train": 9, "valid": 4, "test": 5}
     assert ds.dims == {"text": 6, "audio": 3, "vision": 4}
     tr = ds.splits["train"]

@@ -188,7 +188,7 @@ def load_csd_folder(
         )
     warn_nonfinite(str(folder), counts)
     return MSADataset(
-        name=name or folder.name,
+        name=name or str(folder.resolve()),
         splits=splits,
         info={"format": "csd", "source": str(folder),
               "files": {k: p.name for k, p in roles.items()}, "max_len": caps},

@@ -125,7 +125,7 @@ def load_label_csv(
         in_unit = bool(np.abs(df["label"].to_numpy()).max() <= 1)
         label_scale = "sims" if in_unit and has_m else "mosi"
     return MSADataset(
-        name=name or path.parent.name,
+        name=name or str(path.resolve()),  # a name load_dataset resolves again (msakit eval)
         splits=splits,
         label_scale=label_scale,
         info={"format": "label.csv", "source": str(path), "encoder": enc.name,

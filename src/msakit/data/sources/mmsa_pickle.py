@@ -171,6 +171,7 @@ def load_mmsa_pickle(
 
     label_scale: "mosi" ([-3, 3]) or "sims" ([-1, 1]); by default "sims" when every label lies
     in [-1, 1] and the file looks like SIMS (per-modality labels, or "sims" in its path).
+    name: default the file's absolute path, so a saved run can load it again.
     """
     path = Path(path)
     if not path.is_file():
@@ -186,9 +187,8 @@ def load_mmsa_pickle(
         in_unit = all(np.abs(sd.y).max(initial=0) <= 1 for sd in splits.values())
         sims_like = splits["train"].y_m is not None or "sims" in str(path).lower()
         label_scale = "sims" if in_unit and sims_like else "mosi"
-    folder = path.parent.parent.name if path.parent.name.lower() == "processed" else path.parent.name
     return MSADataset(
-        name=name or f"{folder}/{path.stem}",
+        name=name or str(path.resolve()),  # a name load_dataset resolves again (msakit eval)
         splits=splits,
         label_scale=label_scale,
         info={
