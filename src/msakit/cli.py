@@ -133,6 +133,129 @@ def demo(
     run_demo(out, epochs=epochs, seeds=seeds, console=console)
 
 
+def _split_list(values: list[str] | str | None) -> list[str]:
+    """``["a,b", "c"]`` / ``"a,b"`` -> ``["a", "b", "c"]``."""
+    if values is None:
+        return []
+    values = [values] if isinstance(values, str) else values
+    return [p.strip() for v in values for p in v.split(",") if p.strip()]
+
+
+def _headline_table(title: str, headline, metrics) -> Table:
+    from rich.markup import escape
+
+    t = Table(title=escape(title))
+    t.add_column("model")
+    for m in metrics:
+        t.add_column(f"{m} (mean over levels)", justify="right")
+    for model in dict.fromkeys(headline.model):
+        cells = []
+        for m in metrics:
+            h = headline[(headline.model == model) & (headline.metric == m)]
+            cells.append(f"{h['mean'].iloc[0]:.4f} ± {h['std'].iloc[0]:.4f}" if len(h) else "-")
+        t.add_row(escape(model), *cells)
+    return t
+
+
+@app.command()
+def robustness(
+    run: Annotated[list[Path], typer.Option(help="a run folder (seed_* inside); repeat for more")],
+    protocol: Annotated[str, typer.Option(help="frames, modality, subset or noise")],
+    out: Annotated[Path, typer.Option(help="output folder for robustness.csv/.md/.tex/.png")],
+    levels: Annotated[str | None, typer.Option(
+        help="e.g. 0,0.1,0.2 or 0:0.9:0.1 or 0,0.1,...,0.9 or l,a,v,la,lv,av,lav "
+             "(default: the protocol's standard levels)")] = None,
+    seed: Annotated[int, typer.Option(help="protocol seed, the same for every level")] = 0,
+    split: Annotated[str, typer.Option(help="split to evaluate")] = "test",
+    dataset: Annotated[str | None, typer.Option(help="evaluate on another dataset")] = None,
+    metrics: Annotated[str | None, typer.Option(help="table metrics, comma-separated")] = None,
+    batch_size: int = 128,
+    device: Annotated[str, typer.Option(help="torch device for the models, e.g. cuda")] = "cpu",
+) -> None:
+    """Evaluate saved runs (every seed) under PROTOCOL at each level; writes OUT/robustness.*"""
+    from msakit.evaluate.robustness import TABLE_METRICS
+    from msakit.evaluate.robustness import robustness as robustness_fn
+
+    res = robustness_fn(
+        run, protocol, levels, out, table_metrics=_split_list(metrics) or None,
+        protocol_seed=seed, split=split, dataset=dataset, batch_size=batch_size, device=device,
+    )
+    shown = _split_list(metrics) or list(TABLE_METRICS[res.meta["label_scale"]])[:4]
+    console.print(_headline_table(f"{protocol} on {res.meta['dataset']} ({split})", res.headline, shown))
+    console.print(f"wrote {out / 'robustness.csv'} (.md, .tex, .png)")
+
+
+@app.command()
+def matrix(
+    dataset: Annotated[str, typer.Option(help="catalog name or file path")],
+    models: Annotated[str, typer.Option(help="comma-separated model names")],
+    out: Annotated[Path, typer.Option(help="output folder (reused to resume)")],
+    protocols: Annotated[str, typer.Option(help="comma-separated protocols")] = "frames,modality,subset",
+    train_corrupt: Annotated[str, typer.Option(
+        help="comma-separated training corruptions, 'none' for clean, 'default' for the model's own",
+    )] = "none",
+    seeds: Annotated[list[str], typer.Option(help="seeds, comma-separated or repeated")] = ["1111,1112,1113"],  # noqa: B006
+    epochs: Annotated[int | None, typer.Option(help="maximum epochs")] = None,
+    levels: Annotated[list[str] | None, typer.Option(
+        help="per-protocol levels as PROTOCOL=LEVELS, e.g. frames=0:0.9:0.1 (repeatable)")] = None,
+    set_: Annotated[list[str] | None, typer.Option(
+        "--set", help="model config key=value (all models) or model.key=value")] = None,
+    seed: Annotated[int, typer.Option(help="protocol seed for evaluation")] = 0,
+    split: str = "test",
+    accelerator: Annotated[str, typer.Option(help="Lightning accelerator for training")] = "cpu",
+    device: Annotated[str, typer.Option(help="torch device for evaluation")] = "cpu",
+) -> None:
+    """Train every model with every training corruption (or reuse finished runs in OUT) and
+    evaluate all of them under every protocol: one table and one figure per protocol."""
+    from msakit.evaluate.matrix import run_matrix
+
+    lv = {}
+    for item in levels or []:
+        p, sep, spec = item.partition("=")
+        if not sep:
+            raise typer.BadParameter(f"--levels {item!r}: expected PROTOCOL=LEVELS")
+        lv[p.strip()] = spec
+    try:
+        seed_list = [int(s) for s in _split_list(seeds)]
+    except ValueError:
+        raise typer.BadParameter(f"--seeds {seeds}: expected integers") from None
+    res = run_matrix(
+        dataset, _split_list(models), out, protocols=_split_list(protocols),
+        train_corrupt=_split_list(train_corrupt),
+        seeds=seed_list, epochs=epochs, levels=lv, overrides=set_, protocol_seed=seed,
+        split=split, accelerator=accelerator, device=device,
+        log=lambda msg: console.print(msg, markup=False),
+    )
+    from msakit.evaluate.robustness import PLOT_METRICS
+
+    scale = "sims" if "acc2" in set(res["summary"].metric) else "mosi"
+    for p in dict.fromkeys(res["headline"].protocol):
+        h = res["headline"][res["headline"].protocol == p]
+        console.print(_headline_table(f"{p} on {res['dataset']}", h, PLOT_METRICS[scale]))
+    console.print(f"wrote {out / 'matrix.md'} and {out / 'matrix.csv'}")
+
+
+@app.command()
+def results(
+    dirs: Annotated[list[Path], typer.Argument(help="run folders, or folders holding them")],
+    format_: Annotated[str, typer.Option("--format", help="md, csv or latex")] = "md",
+    group_by: Annotated[str, typer.Option(help="comma-separated: run, model, dataset, corrupt")] = "run",
+    split: Annotated[str, typer.Option(help="split whose metrics are shown")] = "test",
+    metrics: Annotated[str | None, typer.Option(help="comma-separated metrics (default all)")] = None,
+    out: Annotated[Path | None, typer.Option(help="write the table here instead of printing")] = None,
+) -> None:
+    """Aggregate run folders (seed_*/metrics.json or summary.json) into one table."""
+    from msakit.evaluate.tables import collect_results, format_results, write_text
+
+    df = collect_results(dirs, split=split, group_by=_split_list(group_by))
+    text = format_results(df, format_, _split_list(metrics) or None)
+    if out is not None:
+        write_text(out, text)
+        console.print(f"wrote {out}", markup=False)
+    else:
+        typer.echo(text, nl=False)
+
+
 def main() -> None:
     """Entry point: user errors print one clear line and exit 2, no traceback."""
     import sys

@@ -1,0 +1,346 @@
+"""Robustness sweeps: saved runs (every seed) evaluated under one protocol at several levels.
+
+``msakit robustness --run DIR [--run DIR2 ...] --protocol frames --levels 0:0.9:0.1 --out OUT``
+calls :func:`robustness`, which writes
+
+* ``OUT/robustness.csv``: long form ``model,protocol,level,metric,mean,std,n_seeds``
+  (mean and sample std over the runs' training seeds);
+* ``OUT/robustness_seeds.csv``: the per-seed values behind it;
+* ``OUT/robustness.md`` / ``.tex``: per metric, mean ± std per level and the mean over levels
+  (LNLN's headline number; its std is over seeds of each seed's mean over levels);
+* ``OUT/robustness.png``: metric vs level with std bands, one line per model;
+* ``OUT/robustness.json``: what was evaluated (runs, seeds, dataset, split, protocol seed,
+  model-weight fingerprint) and how long each part took.
+
+Every level uses the same protocol seed (default 0), so ``frames`` masks are nested across
+levels and every model, seed and the oracle see exactly the same masks; evaluation batches are
+taken in row order (no shuffling). On synthetic data (``dataset.oracle``) the oracle appears as
+model ``oracle``. The dataset is loaded once; each batch is collated and corrupted once per
+level and then fed to every model and seed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from msakit.corrupt import parse_protocol
+from msakit.data.batch import collate
+from msakit.data.dataset import MSADataset
+from msakit.data.registry import load_dataset
+from msakit.evaluate.metrics import metrics_for
+from msakit.evaluate.plots import plot_sweep
+from msakit.evaluate.runs import seed_dirs
+from msakit.evaluate.tables import sweep_latex, sweep_markdown, write_text
+from msakit.train.engine import load_run_model, write_json
+
+DEFAULT_LEVELS: dict[str, list[str]] = {
+    "frames": [f"{i / 10:g}" for i in range(10)],
+    "modality": [f"{i / 10:g}" for i in range(8)],
+    "subset": ["l", "a", "v", "la", "lv", "av", "lav"],
+    "noise": ["0", "0.1", "0.2", "0.5", "1"],
+}
+TABLE_METRICS = {
+    "mosi": ("acc2_non0", "f1_non0", "acc2_has0", "acc7", "mae", "corr"),
+    "sims": ("acc2", "f1", "acc5", "mae", "corr"),
+}
+PLOT_METRICS = {"mosi": ("acc2_non0", "mae"), "sims": ("acc2", "mae")}
+SUMMARY_COLUMNS = ["model", "protocol", "level", "metric", "mean", "std", "n_seeds"]
+
+
+# --------------------------------------------------------------------------- levels
+def _num(s: str, what: str) -> float:
+    try:
+        return float(s)
+    except ValueError:
+        raise ValueError(f"--levels: {s!r} in {what!r} is not a number") from None
+
+
+def _fmt(v: float) -> str:
+    return f"{round(v, 10):g}"
+
+
+def parse_levels(spec: str | Sequence[str] | None, protocol: str) -> list[str]:
+    """``"0,0.1,0.2"``, ``"0:0.9:0.1"`` (start:stop:step, stop included), ``"0,0.1,...,0.9"``
+    or ``"l,a,v,la"`` -> level strings; None -> the protocol's default levels."""
+    name = protocol.split(":")[0]
+    if spec is None or (isinstance(spec, str) and not spec.strip()):
+        if name not in DEFAULT_LEVELS:
+            raise ValueError(f"--levels: protocol {name!r} has no default levels; give --levels")
+        return list(DEFAULT_LEVELS[name])
+    parts = [p.strip() for p in (spec.split(",") if isinstance(spec, str) else spec) if str(p).strip()]
+    out: list[str] = []
+    for i, p in enumerate(parts):
+        if p in ("...", "…"):
+            if i < 2 or i + 1 >= len(parts):
+                raise ValueError(f"--levels {spec!r}: '...' needs two levels before it and one after")
+            a, b, stop = _num(parts[i - 2], spec), _num(parts[i - 1], spec), _num(parts[i + 1], spec)
+            step = b - a
+            if step <= 0:
+                raise ValueError(f"--levels {spec!r}: levels before '...' must increase")
+            n = int(round((stop - b) / step))
+            out += [_fmt(b + k * step) for k in range(1, n)]
+        elif p.count(":") == 2 and name != "subset":
+            a, b, s = (_num(q, spec) for q in p.split(":"))
+            if s <= 0 or b < a:
+                raise ValueError(f"--levels {p!r}: expected start:stop:step with step > 0, stop >= start")
+            n = int(round((b - a) / s))
+            out += [_fmt(a + k * s) for k in range(n + 1)]
+        elif name == "subset":
+            out.append(p.lower())
+        else:
+            out.append(_fmt(_num(p, spec)))
+    out = list(dict.fromkeys(out))
+    if not out:
+        raise ValueError(f"--levels {spec!r}: no levels")
+    for lv in out:  # fail early with the protocol's own message
+        parse_protocol(protocol_spec(protocol, lv))
+    return out
+
+
+def protocol_spec(protocol: str, level: str) -> str:
+    """``("frames", "0.3")`` -> ``"frames:0.3"``; options after the name are kept
+    (``("frames:unk=0", "0.3")`` -> ``"frames:0.3:unk=0"``)."""
+    name, _, opts = protocol.partition(":")
+    return f"{name}:{level}" + (f":{opts}" if opts else "")
+
+
+# --------------------------------------------------------------------------- runs
+@dataclass
+class RunGroup:
+    """One run folder (one model, one training setup) and its seeds."""
+
+    label: str
+    path: Path
+    seeds: list[Path]
+    model: str
+    dataset: str
+    corrupt: str | None
+    configs: list[dict] = field(default_factory=list)
+
+
+def resolve_runs(runs: Sequence[str | os.PathLike | tuple[str, str | os.PathLike]]) -> list[RunGroup]:
+    """Run folders (or ``(label, folder)`` pairs) -> :class:`RunGroup` with labels: the model
+    name, or the folder name when two runs share a model name (then parent/name if needed)."""
+    groups = []
+    for r in runs:
+        label, path = (r if isinstance(r, tuple) else (None, r))
+        path = Path(path)
+        dirs = seed_dirs(path)
+        cfgs = [json.loads((d / "config.json").read_text()) for d in dirs]
+        models = {c["model"] for c in cfgs}
+        if len(models) > 1:
+            raise ValueError(f"--run {path}: seeds of different models {sorted(models)}")
+        groups.append(RunGroup(
+            label or "", path, dirs, cfgs[0]["model"], cfgs[0]["dataset"],
+            (cfgs[0].get("train") or {}).get("corrupt"), cfgs,
+        ))
+    if len({g.path.resolve() for g in groups}) < len(groups):
+        raise ValueError("--run: the same run folder is given twice")
+    auto = [g for g in groups if not g.label]
+    for g in auto:
+        g.label = g.model
+    for namer in (lambda g: g.path.name, lambda g: f"{g.path.parent.name}/{g.path.name}", lambda g: str(g.path)):
+        counts: dict[str, int] = {}
+        for g in groups:
+            counts[g.label] = counts.get(g.label, 0) + 1
+        for g in auto:
+            if counts[g.label] > 1:
+                g.label = namer(g)
+    labels = [g.label for g in groups]
+    if len(set(labels)) < len(labels) or "oracle" in labels:
+        raise ValueError(f"--run: model labels must be unique and not 'oracle', got {labels}")
+    return groups
+
+
+def fingerprint(groups: Sequence[RunGroup]) -> str:
+    """SHA-256 over every seed's weights and config: changes when any run is retrained."""
+    h = hashlib.sha256()
+    for g in groups:
+        h.update(g.label.encode())
+        for d in g.seeds:
+            for f in ("config.json", "model.pt"):
+                h.update((d / f).read_bytes())
+    return h.hexdigest()
+
+
+# --------------------------------------------------------------------------- the sweep
+@dataclass
+class SweepResult:
+    per_seed: pd.DataFrame  # model, protocol, level, seed, metric, value
+    summary: pd.DataFrame  # SUMMARY_COLUMNS
+    headline: pd.DataFrame  # model, protocol, metric, mean, std, n_seeds (mean over levels)
+    meta: dict
+    timings: dict
+
+
+def summarise(per_seed: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Mean and sample std (ddof=1; 0 for one seed) over seeds, per level and over levels."""
+
+    def agg(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+        rows = []
+        for key, g in df.groupby(keys, sort=False):
+            v = g["value"].to_numpy(dtype=np.float64)
+            rows.append({**dict(zip(keys, key, strict=True)), "mean": float(v.mean()),
+                         "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0, "n_seeds": len(v)})
+        return pd.DataFrame(rows)
+
+    summary = agg(per_seed, ["model", "protocol", "level", "metric"])[SUMMARY_COLUMNS]
+    per_seed_mean = (
+        per_seed.groupby(["model", "protocol", "metric", "seed"], sort=False)["value"].mean().reset_index()
+    )
+    headline = agg(per_seed_mean, ["model", "protocol", "metric"])
+    return summary, headline
+
+
+def sweep(
+    runs: Sequence[str | os.PathLike | tuple[str, str | os.PathLike]] | Sequence[RunGroup],
+    protocol: str,
+    levels: str | Sequence[str] | None = None,
+    *,
+    protocol_seed: int = 0,
+    split: str = "test",
+    dataset: str | os.PathLike | MSADataset | None = None,
+    batch_size: int = 128,
+    device: str | torch.device = "cpu",
+    oracle: bool = True,
+) -> SweepResult:
+    """Evaluate every seed of every run under ``protocol`` at each level (see module doc)."""
+    groups = [r for r in runs if isinstance(r, RunGroup)] or resolve_runs(runs)  # type: ignore[arg-type]
+    name = protocol.split(":")[0]
+    levels = parse_levels(levels, protocol)
+    if isinstance(dataset, MSADataset):
+        ds = dataset
+    else:
+        names = {g.dataset for g in groups}
+        if dataset is None and len(names) > 1:
+            raise ValueError(
+                f"--run: the runs were trained on different datasets {sorted(names)}; "
+                f"pass --dataset to evaluate them on one"
+            )
+        ds = load_dataset(dataset if dataset is not None else groups[0].dataset)
+    if split not in ds.splits:
+        raise ValueError(f"--split {split!r}: dataset {ds.name!r} has {list(ds.splits)}")
+    sd = ds.splits[split]
+    fn = metrics_for(ds.label_scale)
+    device = torch.device(device)
+    models = []  # (label, seed, model)
+    for g in groups:
+        for d, cfg in zip(g.seeds, g.configs, strict=True):
+            model, _ = load_run_model(d)
+            if model.dims != ds.dims:
+                raise ValueError(f"--run {d}: trained on dims {model.dims}, dataset {ds.name!r} has {ds.dims}")
+            models.append((g.label, str(cfg.get("seed", d.name)), model.to(device).eval()))
+    use_oracle = oracle and ds.oracle is not None
+    t = {"collate": 0.0, "corrupt": 0.0, "forward": 0.0, "oracle": 0.0, "metrics": 0.0}
+    records = []
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        for level in levels:
+            prot = parse_protocol(protocol_spec(protocol, level))
+            preds: list[list[np.ndarray]] = [[] for _ in models]
+            ys, orc = [], []
+            for i in range(0, len(sd), batch_size):
+                a = time.perf_counter()
+                b = collate(sd, np.arange(i, min(i + batch_size, len(sd))))
+                c = time.perf_counter()
+                if prot is not None:
+                    b = prot(b, seed=protocol_seed)
+                d = time.perf_counter()
+                t["collate"] += c - a
+                t["corrupt"] += d - c
+                if b.size == 0:
+                    continue
+                ys.append(b.y.numpy())
+                if use_oracle:
+                    orc.append(np.asarray(ds.oracle(b), dtype=np.float64))
+                    t["oracle"] += time.perf_counter() - d
+                d = time.perf_counter()
+                bd = b.to(device) if device.type != "cpu" else b
+                for k, (_, _, model) in enumerate(models):
+                    preds[k].append(model(bd).pred.float().cpu().numpy())
+                t["forward"] += time.perf_counter() - d
+            a = time.perf_counter()
+            y = np.concatenate(ys)
+            outs = [(lab, s, np.concatenate(p)) for (lab, s, _), p in zip(models, preds, strict=True)]
+            if use_oracle:
+                outs.append(("oracle", "-", np.concatenate(orc)))
+            for lab, s, p in outs:
+                bad = int((~np.isfinite(p)).sum())
+                if bad:
+                    raise ValueError(f"model {lab} (seed {s}) predicted {bad} non-finite values "
+                                     f"under {protocol_spec(protocol, level)}")
+                for metric, v in fn(p, y).items():
+                    records.append({"model": lab, "protocol": name, "level": level, "seed": s,
+                                    "metric": metric, "value": float(v)})
+            t["metrics"] += time.perf_counter() - a
+    t["total"] = time.perf_counter() - t0
+    per_seed = pd.DataFrame(records)
+    summary, headline = summarise(per_seed)
+    meta = {
+        "protocol": protocol, "levels": levels, "protocol_seed": protocol_seed, "split": split,
+        "dataset": ds.name, "label_scale": ds.label_scale, "n_samples": len(sd),
+        "oracle": use_oracle, "batch_size": batch_size, "device": str(device),
+        "runs": [{"label": g.label, "path": str(g.path), "model": g.model, "train_corrupt": g.corrupt,
+                  "seeds": [str(c.get("seed")) for c in g.configs]} for g in groups],
+    }
+    return SweepResult(per_seed, summary, headline, meta, t)
+
+
+def write_sweep(
+    res: SweepResult,
+    out: str | os.PathLike,
+    table_metrics: Sequence[str] | None = None,
+    plot_metrics: Sequence[str] | None = None,
+    title: str | None = None,
+    extra_meta: dict | None = None,
+) -> dict[str, Path]:
+    """Write the CSVs, Markdown, LaTeX, PNG and JSON of a sweep into ``out`` (atomically)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    scale = res.meta["label_scale"]
+    table_metrics = list(table_metrics or TABLE_METRICS[scale])
+    plot_metrics = list(plot_metrics or PLOT_METRICS[scale])
+    unknown = sorted(set(table_metrics + plot_metrics) - set(res.summary.metric))
+    if unknown:
+        raise ValueError(f"--metrics {unknown}: unknown; available: {sorted(set(res.summary.metric))}")
+    m = res.meta
+    title = title or f"{m['protocol'].split(':')[0]} sweep on {m['dataset']} ({m['split']})"
+    paths = {k: out / f"robustness{s}" for k, s in (
+        ("csv", ".csv"), ("seeds", "_seeds.csv"), ("md", ".md"), ("tex", ".tex"), ("png", ".png"),
+        ("json", ".json"))}
+    write_text(paths["csv"], res.summary.to_csv(index=False, float_format="%.10g", lineterminator="\n"))
+    write_text(paths["seeds"], res.per_seed.to_csv(index=False, float_format="%.10g", lineterminator="\n"))
+    note = (f"Protocol `{m['protocol']}`, protocol seed {m['protocol_seed']}, {m['n_samples']} "
+            f"{m['split']} samples; columns are levels, `mean` is the mean over levels.")
+    write_text(paths["md"], sweep_markdown(res.summary, res.headline, table_metrics, title, note))
+    write_text(paths["tex"], sweep_latex(res.summary, res.headline, table_metrics, title))
+    plot_sweep(res.summary, plot_metrics, paths["png"], title)
+    write_json(paths["json"], {**m, **(extra_meta or {}), "timings_s": res.timings,
+                               "headline": res.headline.to_dict(orient="records")})
+    return paths
+
+
+def robustness(
+    runs: Sequence[str | os.PathLike | tuple[str, str | os.PathLike]],
+    protocol: str,
+    levels: str | Sequence[str] | None,
+    out: str | os.PathLike,
+    table_metrics: Sequence[str] | None = None,
+    plot_metrics: Sequence[str] | None = None,
+    **kw,
+) -> SweepResult:
+    """:func:`sweep` then :func:`write_sweep`; ``kw`` go to :func:`sweep`."""
+    groups = resolve_runs(runs)
+    res = sweep(groups, protocol, levels, **kw)
+    write_sweep(res, out, table_metrics, plot_metrics, extra_meta={"fingerprint": fingerprint(groups)})
+    return res
