@@ -18,7 +18,7 @@ from msakit.models.cyin import pool_steps
 
 DIMS = {"text": 12, "audio": 5, "vision": 7}
 LENS = {"text": 6, "audio": 30, "vision": 24}
-SMALL = dict(d=16, latent=8, heads=2, max_steps=8, cra_hidden=32, dropout=0.0)
+SMALL = dict(d=16, latent=8, heads=2, fusion_heads=2, max_steps=8, cra_hidden=32, dropout=0.0)
 
 
 def make_split(n: int, seed: int) -> SplitData:
