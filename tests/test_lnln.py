@@ -201,3 +201,33 @@ def test_short_training_run_through_the_engine(tmp_path):
     # the engine applies the paper's training corruption by default
     lit = LitMSA(create_model("lnln", DIMS, **TINY), TrainConfig(), 0, "mosi")
     assert lit.corrupt is not None and lit.corrupt.spec == "frames:random"
+
+
+def test_packed_bucketed_input_construction_equals_plain_masked_attention():
+    model = tiny_model(buckets=3).eval()
+    b = corrupt(clean_batch(b=7, seed=3), {"vision": [(0, 1), (0, 5), (2, 0), (6, 3)]})
+    enc = model.embed["vision"]
+    x, keep = b.x["vision"], b.observed("vision")
+    with torch.no_grad():
+        packed = enc(x, keep)
+        h = enc.pos(enc.proj(x.masked_fill(~keep[..., None], 0.0)))
+        n = enc.tokens.shape[1]
+        h = torch.cat([enc.tokens.expand(7, -1, -1), h], 1)
+        kp = torch.cat([torch.ones(7, n, dtype=torch.bool), keep], 1)
+        plain = enc.enc(h, keep=kp, n_out=n)
+    assert torch.allclose(packed, plain, atol=1e-5)
+
+
+def test_eval_prediction_does_not_depend_on_batch_mates():
+    model = tiny_model().eval()
+    b = corrupt(clean_batch(b=6, seed=4), {"text": [(2, 1)], "audio": [(4, 0), (4, 2)]})
+    with torch.no_grad():
+        full = model(b).pred
+        for i in (0, 2, 4):
+            one = b.replace(
+                x={m: v[i : i + 1] for m, v in b.x.items()},
+                mask={m: v[i : i + 1] for m, v in b.mask.items()},
+                present={m: v[i : i + 1] for m, v in b.present.items()},
+                y=b.y[i : i + 1], ids=b.ids[i : i + 1], extra={},
+            )
+            assert torch.allclose(model(one).pred, full[i : i + 1], atol=1e-5)
