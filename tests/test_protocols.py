@@ -175,6 +175,7 @@ def test_noise_only_on_observed(split):
         assert torch.equal(out.mask[m], b.mask[m])
     again = parse_protocol("noise:0.5")(b, seed=0)
     assert torch.equal(again.x["audio"], out.x["audio"])
+    assert parse_protocol("noise:0.3+noise:0.4")(b, seed=0).extra["noise_sigma"] == pytest.approx(0.5)
 
 
 def test_text_ids_unk_with_cls_sep_kept():

@@ -34,7 +34,9 @@ Besides the contract of :class:`~msakit.corrupt.base.Protocol` (``extra["clean"]
 protocol here records ``extra["missing_rate"][m]``: the realised per-sample fraction of the
 clean valid steps of modality m that are no longer observed (1 when it was dropped whole).
 ``frames`` also records the nominal rate it used in ``extra["frames_rate"][m]`` (LNLN's
-completeness target) and, when the batch has token ids, ``extra["text_ids_dropped"]``.
+completeness target) and, when the batch has token ids, ``extra["text_ids_dropped"]``;
+``noise`` records the std of the noise added so far in ``extra["noise_sigma"]`` (the synthetic
+oracle reads it and stays exact).
 
 :class:`Domain` is the hook for domain-shift protocols (MIDG's ``domain(A->B)``): it resolves
 source and target domains against ``batch.domain`` / ``SplitData.domain`` and selects rows; a
@@ -340,7 +342,11 @@ class Noise(MaskProtocol):
             obs = batch.observed(m).unsqueeze(-1)
             x[m] = batch.x[m] + (self.sigma * z).to(batch.x[m].dtype) * obs.to(batch.x[m].dtype)
         out = batch.replace(x=x)
-        return out.replace(extra={**out.extra, "missing_rate": realised_missing_rate(out)})
+        prev = batch.extra.get("noise_sigma")  # noise stacks: variances add
+        prev = float(prev) if prev is not None and not isinstance(prev, dict) else 0.0
+        total = float(np.hypot(prev, self.sigma))
+        return out.replace(extra={**out.extra, "noise_sigma": total,
+                                  "missing_rate": realised_missing_rate(out)})
 
 
 # --------------------------------------------------------------------------- domain hook

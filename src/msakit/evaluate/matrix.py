@@ -175,7 +175,7 @@ def matrix_markdown(summary: pd.DataFrame, headline: pd.DataFrame, label_scale: 
         for m in metrics:
             for p in protocols:
                 h = headline[(headline.model == model) & (headline.protocol == p) & (headline.metric == m)]
-                cells.append(pm(h["mean"].iloc[0], h["std"].iloc[0]) if len(h) else "-")
+                cells.append(pm(h["mean"].iloc[0], h["std"].iloc[0], n=h["n_seeds"].iloc[0]) if len(h) else "-")
         rows.append(cells)
     parts.append(markdown(header, rows))
     for p in protocols:
@@ -186,9 +186,9 @@ def matrix_markdown(summary: pd.DataFrame, headline: pd.DataFrame, label_scale: 
         for model in models:
             sm = s[s.model == model].set_index("level")
             h = headline[(headline.model == model) & (headline.protocol == p) & (headline.metric == metrics[0])]
-            rows.append([model] + [pm(sm.at[lv, "mean"], sm.at[lv, "std"]) if lv in sm.index else "-"
-                                   for lv in levels]
-                        + [pm(h["mean"].iloc[0], h["std"].iloc[0]) if len(h) else "-"])
+            rows.append([model] + [pm(sm.at[lv, "mean"], sm.at[lv, "std"], n=sm.at[lv, "n_seeds"])
+                                   if lv in sm.index else "-" for lv in levels]
+                        + [pm(h["mean"].iloc[0], h["std"].iloc[0], n=h["n_seeds"].iloc[0]) if len(h) else "-"])
         parts.append(markdown(["model", *levels, "mean"], rows))
         fig = (figures or {}).get(p, f"{p}/robustness.png")
         parts.append(f"\n![{dataset} {p}]({fig})\n")

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
+
+from msakit.evaluate.tables import atomic_path
 
 
 def _is_number(s: str) -> bool:
@@ -24,7 +25,7 @@ def plot_sweep(
     path: str | os.PathLike,
     title: str = "",
     width: float = 3.6,
-    height: float = 2.8,
+    height: float = 3.3,
     dpi: int = 110,
 ) -> Path:
     """Metric vs level, one panel per metric, one line per model with a ±std band; the oracle
@@ -42,7 +43,8 @@ def plot_sweep(
     numeric = all(_is_number(str(lv)) for lv in levels)
     xpos = {lv: float(lv) if numeric else i for i, lv in enumerate(levels)}
     models = list(dict.fromkeys(summary.model))
-    fig, axes = plt.subplots(1, len(metrics), figsize=(width * len(metrics), height), squeeze=False)
+    fig, axes = plt.subplots(1, len(metrics), figsize=(width * len(metrics), height), squeeze=False,
+                             layout="constrained")
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for ax, metric in zip(axes[0], metrics, strict=True):
         ci = 0
@@ -62,15 +64,13 @@ def plot_sweep(
         if not numeric:
             ax.set_xticks(range(len(levels)), levels)
         ax.grid(alpha=0.3, lw=0.5)
-    axes[0][0].legend(fontsize=7, frameon=False)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 3), fontsize=7,
+               frameon=False)
     if title:
         fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(fd)
-    fig.savefig(tmp, dpi=dpi, metadata={"Software": None})
+    path, tmp = atomic_path(path)
+    fig.savefig(tmp, dpi=dpi, format="png", metadata={"Software": None})
     plt.close(fig)
     os.replace(tmp, path)
     return path

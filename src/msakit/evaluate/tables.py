@@ -22,20 +22,33 @@ import pandas as pd
 LOWER_IS_BETTER = ("mae",)
 
 
-def write_text(path: str | os.PathLike, text: str) -> None:
-    """Write a text file atomically (temporary file, then rename)."""
+def atomic_path(path: str | os.PathLike) -> tuple[Path, str]:
+    """(final path, temporary path beside it with the usual umask permissions)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
+    os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    return path, tmp
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    """Write a text file atomically (temporary file, then rename)."""
+    path, tmp = atomic_path(path)
+    with open(tmp, "w") as f:
         f.write(text)
     os.replace(tmp, path)
 
 
-def pm(mean: float, std: float, digits: int = 4, latex: bool = False) -> str:
-    """``0.8123 ± 0.0100`` (``-`` for a missing value)."""
+def pm(mean: float, std: float, digits: int = 4, latex: bool = False, n: int | None = None) -> str:
+    """``0.8123 ± 0.0100``; just the mean when ``n`` (the number of seeds) is 1; ``-`` for a
+    missing value."""
     if mean is None or (isinstance(mean, float) and math.isnan(mean)):
         return "-"
+    if n == 1:
+        return f"{mean:.{digits}f}"
     sep = " $\\pm$ " if latex else " ± "
     return f"{mean:.{digits}f}{sep}{std:.{digits}f}"
 
@@ -85,9 +98,11 @@ def level_table(
         cells = [latex_escape(model) if tex else model]
         sm = s[s.model == model].set_index("level")
         for lv in levels:
-            cells.append(pm(sm.at[lv, "mean"], sm.at[lv, "std"], digits, tex) if lv in sm.index else "-")
+            cells.append(pm(sm.at[lv, "mean"], sm.at[lv, "std"], digits, tex, sm.at[lv, "n_seeds"])
+                         if lv in sm.index else "-")
         hm = h[h.model == model]
-        cells.append(pm(hm["mean"].iloc[0], hm["std"].iloc[0], digits, tex) if len(hm) else "-")
+        cells.append(pm(hm["mean"].iloc[0], hm["std"].iloc[0], digits, tex, hm["n_seeds"].iloc[0])
+                     if len(hm) else "-")
         rows.append(cells)
     if tex:
         header = [latex_escape(c) for c in header]
@@ -103,7 +118,7 @@ def sweep_markdown(summary: pd.DataFrame, headline: pd.DataFrame, metrics: Seque
         if m not in set(summary.metric):
             continue
         arrow = "lower is better" if m in LOWER_IS_BETTER else "higher is better"
-        parts.append(f"\n## {m} ({arrow}; mean ± std over seeds)\n\n")
+        parts.append(f"\n## {m} ({arrow}; mean ± std over seeds; one value: a single seed)\n\n")
         parts.append(markdown(*level_table(summary, headline, m)))
     return "".join(parts)
 
@@ -247,7 +262,7 @@ def format_results(df: pd.DataFrame, fmt: str = "md", metrics: Sequence[str] | N
     rows = []
     for _, r in df.iterrows():
         cells = [latex_escape(str(r[k])) if tex else str(r[k]) for k in keys]
-        cells += [pm(r[f"{m}_mean"], r[f"{m}_std"], digits, tex) for m in metrics]
+        cells += [pm(r[f"{m}_mean"], r[f"{m}_std"], digits, tex, r["n_seeds"]) for m in metrics]
         rows.append(cells)
     if tex:
         return latex([latex_escape(h) for h in header], rows)
