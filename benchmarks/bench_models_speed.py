@@ -1,0 +1,120 @@
+"""Training-step time, inference throughput and peak memory of registered models on
+MOSI-shaped input (text 50x768 as precomputed BERT-sized features, audio 375x5, vision 500x20).
+
+Each model is measured in its own subprocess so peak RSS figures are comparable.
+
+    python benchmarks/bench_models_speed.py --models lnln hme cyin mult late_fusion \
+        --batch 32 --steps 5 --out bench_speed.json [--markdown]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import subprocess
+import sys
+import time
+from datetime import date
+
+SHAPES = {"text": (50, 768), "audio": (375, 5), "vision": (500, 20)}
+
+
+def make_batch(bs: int, seed: int = 0):
+    import numpy as np
+
+    from msakit.data.batch import SplitData, collate
+
+    rng = np.random.default_rng(seed)
+    x = {m: rng.normal(size=(bs, L, D)).astype("f4") for m, (L, D) in SHAPES.items()}
+    lens = {m: rng.integers(L // 2, L + 1, bs) for m, (L, _) in SHAPES.items()}
+    sd = SplitData(x, lens, rng.uniform(-3, 3, bs), [f"b{i}" for i in range(bs)])
+    return collate(sd, np.arange(bs), trim=False)
+
+
+def measure(name: str, bs: int, steps: int, overrides: dict) -> dict:
+    import torch
+
+    import msakit
+    from msakit.corrupt import parse_protocol
+
+    torch.manual_seed(0)
+    batch = make_batch(bs)
+    model = msakit.create_model(name, {m: d for m, (_, d) in SHAPES.items()}, **overrides)
+    n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    prot = parse_protocol(model.config.default_corrupt)
+    model.train()
+
+    def step():
+        b = prot(batch, seed=0) if prot is not None else batch
+        out = model(b)
+        loss = model.loss(out, b)["total"]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    step()  # warm-up
+    times = []
+    for _ in range(steps):
+        t = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t)
+    model.eval()
+    with torch.no_grad():
+        model(batch)
+        t = time.perf_counter()
+        for _ in range(steps):
+            model(batch)
+        infer = (time.perf_counter() - t) / steps
+    return {
+        "model": name,
+        "params": n_params,
+        "train_step_s": sorted(times)[len(times) // 2],
+        "train_step_s_all": times,
+        "infer_samples_per_s": bs / infer,
+        "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+        "train_corruption": model.config.default_corrupt,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--models", nargs="+", default=["lnln", "hme", "cyin", "mult", "late_fusion"])
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--out", default="bench_speed.json")
+    ap.add_argument("--markdown", action="store_true")
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.child:
+        print(json.dumps(measure(a.child, a.batch, a.steps, {})))
+        return
+    rows = []
+    for m in a.models:
+        p = subprocess.run(
+            [sys.executable, __file__, "--child", m, "--batch", str(a.batch), "--steps", str(a.steps)],
+            capture_output=True, text=True,
+        )
+        if p.returncode != 0:
+            raise SystemExit(f"{m} failed:\n{p.stderr[-3000:]}")
+        rows.append(json.loads(p.stdout.strip().splitlines()[-1]))
+        r = rows[-1]
+        print(f"{m:12s} params {r['params']:>9,d}  step {r['train_step_s']:.3f} s  "
+              f"infer {r['infer_samples_per_s']:.0f}/s  peak {r['peak_rss_gb']:.2f} GB", flush=True)
+    meta = {"date": str(date.today()), "machine": f"{platform.machine()} {platform.processor()}",
+            "cpus": __import__("os").cpu_count(), "batch": a.batch, "steps": a.steps,
+            "command": " ".join(sys.argv)}
+    with open(a.out, "w") as f:
+        json.dump({"meta": meta, "rows": rows}, f, indent=2)
+    if a.markdown:
+        print("\n| model | params | train step (s) | inference (samples/s) | peak RSS (GB) |")
+        print("|---|---:|---:|---:|---:|")
+        for r in rows:
+            print(f"| {r['model']} | {r['params']:,} | {r['train_step_s']:.3f} | "
+                  f"{r['infer_samples_per_s']:.0f} | {r['peak_rss_gb']:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
