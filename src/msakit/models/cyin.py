@@ -34,8 +34,13 @@ Blocks (each applied to every modality in turn):
 
 Loss (named terms, plus ``total``): ``pred`` + ``beta_token * kl_token`` + ``beta_label *
 kl_label`` + ``w_ib * ib_pred`` + ``w_trans * trans`` + ``w_cycle * cycle``. All sizes, weights,
-the logvar offset (latents start with small noise), the pooling and the training corruption
-(``modality:0.3``) are ours, picked for MOSI-sized data on CPU; the paper's are not public.
+the logvar offset (latents start with small noise), the pooling, the choice of a CRA over label-
+level latents, the fusion layout, the translation targets, no dropout on attention weights, and
+the training corruption (``modality:0.3``, redrawn every epoch) are ours, picked for MOSI-sized
+data on CPU; the paper's are not public. What follows the abstract: IB at token and label level
+with a variational Gaussian and KL to N(0, I), cyclic (forward + backward) translation from
+present to missing latents, a multimodal transformer over the latents, one model for complete
+and incomplete input.
 """
 
 from __future__ import annotations
