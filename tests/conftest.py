@@ -6,9 +6,14 @@ import os
 
 import numpy as np
 import pytest
+import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+# Tests run many tiny tensor ops: one thread is much faster than two on a 2-core machine
+# (no oversubscription, no thread wake-ups), and results do not depend on thread timing.
+torch.set_num_threads(1)
 
 
 def make_split(n: int, seed: int, dims=(("text", 10, 8), ("audio", 12, 3), ("vision", 9, 4))):
