@@ -204,17 +204,21 @@ def predict(
     protocol: Protocol | None = None,
     seed: int = 0,
     oracle=None,
+    device: str | torch.device | None = None,
 ) -> dict[str, np.ndarray]:
     """Predictions on a split, in row order, under an optional corruption protocol.
 
     Returns ``pred``, ``y`` and, when ``oracle`` is given, ``oracle`` on the same masks."""
     model.eval()
+    if device is not None:
+        model.to(device)
+    dev = next(model.parameters()).device
     preds, ys, orc = [], [], []
     for i in range(0, len(split), batch_size):
         b = collate(split, np.arange(i, min(i + batch_size, len(split))))
         if protocol is not None:
             b = protocol(b, seed=seed)
-        preds.append(model(b).pred.float().cpu().numpy())
+        preds.append(model(b.to(dev) if dev.type != "cpu" else b).pred.float().cpu().numpy())
         ys.append(b.y.numpy())
         if oracle is not None:
             orc.append(np.asarray(oracle(b), dtype=np.float64))
@@ -231,12 +235,13 @@ def evaluate_model(
     protocol: Protocol | None = None,
     seed: int = 0,
     batch_size: int = 128,
+    device: str | torch.device | None = None,
 ) -> dict[str, dict[str, float]]:
     """Metrics per split; on synthetic data also ``oracle/<split>`` on the same samples/masks."""
     fn = metrics_for(dataset.label_scale)
     res: dict[str, dict[str, float]] = {}
     for s in splits:
-        r = predict(model, dataset.splits[s], batch_size, protocol, seed, dataset.oracle)
+        r = predict(model, dataset.splits[s], batch_size, protocol, seed, dataset.oracle, device)
         res[s] = fn(r["pred"], r["y"])
         if "oracle" in r:
             res[f"oracle/{s}"] = fn(r["oracle"], r["y"])
@@ -328,9 +333,13 @@ def fit_seed(
     if best.exists():
         state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
         lit.load_state_dict(state)
-    model.on_fit_end(lit.engine)
+    device = "cuda" if tcfg.accelerator in ("gpu", "cuda") and torch.cuda.is_available() else "cpu"
+    model.to(device)
+    model.on_fit_end(lit.engine)  # e.g. HME fills its memory bank from the training split
+    model.cpu()
     save_state(model, run_dir / "model.pt")
-    metrics = evaluate_model(model, dataset, batch_size=tcfg.eval_batch_size)
+    metrics = evaluate_model(model, dataset, batch_size=tcfg.eval_batch_size, device=device)
+    model.cpu()
     metrics["_epochs_trained"] = {"epochs": float(trainer.current_epoch)}
     write_json(run_dir / "metrics.json", metrics)
     return RunResult(run_dir, metrics, cfg)
