@@ -53,9 +53,11 @@ def pm(mean: float, std: float, digits: int = 4, latex: bool = False, n: int | N
     return f"{mean:.{digits}f}{sep}{std:.{digits}f}"
 
 
-def markdown(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """A GitHub-flavoured Markdown table; first column left-aligned, the rest right-aligned."""
-    out = ["| " + " | ".join(header) + " |", "|" + "|".join([":--"] + ["--:"] * (len(header) - 1)) + "|"]
+def markdown(header: Sequence[str], rows: Sequence[Sequence[str]], left: int = 1) -> str:
+    """A GitHub-flavoured Markdown table; the first ``left`` columns left-aligned, the rest
+    right-aligned."""
+    align = [":--"] * left + ["--:"] * (len(header) - left)
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
     out += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
     return "\n".join(out) + "\n"
 
@@ -266,4 +268,4 @@ def format_results(df: pd.DataFrame, fmt: str = "md", metrics: Sequence[str] | N
         rows.append(cells)
     if tex:
         return latex([latex_escape(h) for h in header], rows)
-    return markdown(header, rows)
+    return markdown(header, rows, left=len([k for k in keys if k != "n_seeds"]))
