@@ -1,58 +1,66 @@
 """A synthetic MSA benchmark whose Bayes-optimal prediction is known exactly.
 
-Presets: ``synthetic-tiny`` (unit tests: small dims, a few hundred samples, milliseconds) and
+Presets: ``synthetic-tiny`` (unit tests: small dims, 420 samples, milliseconds) and
 ``synthetic-mosi`` (shaped like unaligned CMU-MOSI: text 50x768, audio 375x5, vision 500x20,
 1284/229/686 samples, variable true lengths). ``make_synthetic(preset_or_params, seed)`` builds
 one; ``load_dataset("synthetic-mosi", seed=..., n=(...))`` does the same through the catalog.
 
-Generative model (all draws from ``numpy.random.default_rng``; one law, many samples)
--------------------------------------------------------------------------------------
-Law (fixed by ``law_seed``, shared by every split and every ``seed``)::
+Generative model (numpy ``default_rng``; one law, many samples)
+--------------------------------------------------------------
+Law, fixed by ``law_seed`` and shared by every split and every ``seed``: per modality m an
+orthonormal basis B_m (D_m x r_m, uniformly random) whose first column u_m is the modality's
+"sentiment direction" (r_m = ``rank``; without a rank only u_m is drawn and the noise is
+isotropic).
 
-    u_m  = g / |g|,  g ~ N(0, I_{D_m})          a unit "sentiment direction" per modality m
+Per sample i (each split draws from its own child stream of ``seed``)::
 
-Per sample i (independently; each split has its own child stream of ``seed``)::
-
-    y_i  ~ prior: a pmf on the grid {-3, -2.8, ..., 3} (step ``label_step``),
-           w(y) ~ sigmoid((prior_edge - |y|) / prior_soft)  (flat in the middle, light tails),
-           plus an optional extra mass ``prior_zero`` at exactly 0 (presets: none; 0 then has
-           the same weight as its neighbours, ~4% of labels). MOSI-like: mean 0, std ~1.5.
-    d_i  ~ LogNormal(log duration_median, duration_sigma)          utterance "duration"
-    L_im = clip(round(rate_m * d_i * e_im), min_len_m, max_len_m),  e_im ~ LogNormal(0, 0.1)
+    s_i  ~ prior on the latent grid {-3, -2.9, ..., 3}:
+           w(s) ~ sigmoid((prior_edge - |s|) / prior_soft)   (flat middle, light tails)
+    y_i  = (1/R) sum_{j<R} clip(round(s_i + rater_sigma * e_ij), -3, 3),   e_ij ~ N(0, 1)
+           the label: the mean of R = ``raters`` integer ratings, as in MOSI (R = 5, so y is
+           on the 0.2 grid, ~4% exactly 0, std ~1.5). R = 0 means y_i = s_i.
+    d_i  ~ LogNormal(log duration_median, duration_sigma)       utterance "duration"
+    L_im = clip(round(rate_m * d_i * e_im), min_len_m, max_len_m),   e_im ~ LogNormal(0, 0.1)
     for each step t < L_im of modality m:
-        c_imt ~ Bernoulli(p_m)                                      is step t a cue?
-        x_imt = c_imt * a_m * y_i * u_m + sigma * n_imt,   n_imt ~ N(0, I_{D_m})
+        c_imt ~ Bernoulli(p_m)                                   does step t carry a cue?
+        x_imt = c_imt * a_m * s_i * u_m + sigma * n_imt
+        n_imt ~ N(0, floor_m^2 I + (1 - floor_m^2) B_m B_m^T)   (= N(0, I) when isotropic)
     steps t >= L_im are zero padding (mask False).
 
-So sentiment is carried sparsely (only cue steps), with isotropic noise, mostly by language
-(largest p_m * a_m^2 * E[L_m]), partly by audio and vision; all modalities depend on the same
-label (cross-modal redundancy). Lengths and presence carry no information about y.
+Sentiment is carried sparsely (only cue steps), under noise, mostly by language (largest
+p_m * a_m^2 * E[L_m]), partly by audio and vision; every modality depends on the same s
+(cross-modal redundancy). Lengths and presence carry no information about s. In
+``synthetic-mosi`` the text noise is anisotropic like pretrained text features (most of its
+variance in 8 of 768 dims, std 0.05 elsewhere), which keeps u_text learnable from 1284 samples;
+along u_m the noise variance is sigma^2 in every case.
 
 The oracle (``SyntheticOracle``; ``dataset.oracle``)
 -------------------------------------------------
-Only the projection z_t = u_m . x_t of a step depends on y (noise is isotropic), and per
-observed step the likelihood ratio against pure noise is the two-component mixture::
+Since u_m is an eigenvector of the noise covariance, the projection z_t = u_m . x_t is
+sufficient, and per observed step the likelihood ratio against pure noise is the mixture::
 
-    r_t(y) = (1 - p_m) + p_m * exp( (a_m * y * z_t - a_m^2 * y^2 / 2) / s^2 ),  s^2 = sigma^2
+    r_t(s) = (1 - p_m) + p_m * exp( (a_m * s * z_t - a_m^2 * s^2 / 2) / sigma^2 )
 
-The posterior on the label grid is  post(y) ~ prior(y) * prod_{observed m, t} r_t(y), using
-exactly the steps with ``batch.observed(m)`` (mask & present) and nothing else. The oracle
-predicts the posterior MEDIAN (the Bayes action for absolute error, i.e. it minimises the
-expected MAE); it is used for every metric. The posterior is discrete, so the median is a grid
-point; when the CDF is exactly 1/2 between two grid points, their midpoint is used.
+    post(s) ~ prior(s) * prod_{observed m, t} r_t(s)         on the latent grid
+    post(y) = sum_s post(s) * P(y | s)                      P(y | s): the raters' kernel
 
-It is exact for clean data and for any frame/modality dropping that does not depend on y.
-A corruption that adds Gaussian noise makes it mis-specified (it then over-trusts the steps),
-unless it is told the noise: if i.i.d. N(0, tau^2) noise per feature is added to observed steps,
-``s^2 = sigma^2 + tau^2`` makes it exact again. Pass ``noise_sigma=tau`` (a float, or a dict per
-modality) to the call or to :meth:`SyntheticOracle.with_noise`; a protocol may also record it in
-``batch.extra["noise_sigma"]``. Any other corruption of content (scaling, shuffling features)
-is not modelled.
+using exactly the steps with ``batch.observed(m)`` (mask & present) and nothing else. The
+oracle predicts the MEDIAN of post(y) (the Bayes action for absolute error: it minimises the
+expected MAE); the same prediction is used for every metric. post(y) is discrete, so the median
+is a label-grid point; when the CDF is exactly 1/2 between two grid points, their midpoint.
+
+It is exact for clean data and for any frame/modality dropping that does not depend on s.
+A corruption that adds Gaussian noise makes it mis-specified (it over-trusts the steps) unless
+it is told the noise: for i.i.d. N(0, tau^2) noise per feature added to observed steps, sigma^2
+becomes sigma^2 + tau^2 above and it is exact again. Pass ``noise_sigma=tau`` (a float, or a
+dict per modality) to the call or to :meth:`SyntheticOracle.with_noise`; a protocol may also
+record it in ``batch.extra["noise_sigma"]``. Other content corruption is not modelled.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -81,6 +89,8 @@ class ModalityLaw:
     p_cue: float  # probability that an observed step carries a cue
     amp: float  # cue strength per label unit along the modality's direction
     min_len: int = 1
+    rank: int | None = None  # noise has std sigma on an r-dim subspace holding u (None: all D)
+    floor: float = 1.0  # noise std outside that subspace, relative to sigma (<= 1)
 
 
 @dataclass(frozen=True)
@@ -90,12 +100,14 @@ class SyntheticParams:
     name: str
     modalities: dict[str, ModalityLaw]
     n: tuple[int, int, int]  # train, valid, test
-    sigma: float = 1.0  # std of the isotropic noise on every step
-    label_step: float = 0.2
+    sigma: float = 1.0  # std of the step noise along u (and on the strong-noise subspace)
+    latent_step: float = 0.1  # grid of the latent sentiment s
+    raters: int = 5  # label = mean of this many integer ratings of s (0: label = s)
+    rater_sigma: float = 0.8  # std of one rater's noise before rounding
     prior_edge: float = 2.6
     prior_soft: float = 0.3
     prior_zero: float = 0.0
-    prior_weights: tuple[float, ...] | None = None  # explicit pmf on the grid (overrides above)
+    prior_weights: tuple[float, ...] | None = None  # explicit pmf on the latent grid
     duration_median: float = 3.0
     duration_sigma: float = 0.6
     length_jitter: float = 0.1
@@ -112,30 +124,63 @@ class SyntheticParams:
                 raise ValueError(f"synthetic {self.name!r}: unknown modality {m!r}")
             if not (0.0 < law.p_cue <= 1.0):
                 raise ValueError(f"synthetic {self.name!r}: {m}.p_cue must be in (0, 1]")
+            if law.rank is not None and not (1 <= law.rank <= law.dim):
+                raise ValueError(f"synthetic {self.name!r}: {m}.rank must be in [1, dim]")
+            if not (0.0 <= law.floor <= 1.0):
+                raise ValueError(f"synthetic {self.name!r}: {m}.floor must be in [0, 1]")
             if not (1 <= law.min_len <= law.max_len) or law.dim < 1:
                 raise ValueError(
                     f"synthetic {self.name!r}: {m} needs dim >= 1 and 1 <= min_len <= max_len"
                 )
         if self.sigma <= 0:
             raise ValueError(f"synthetic {self.name!r}: sigma must be > 0, got {self.sigma}")
-        k = 3.0 / self.label_step
-        if self.label_step <= 0 or abs(k - round(k)) > 1e-9:
+        k = 3.0 / self.latent_step if self.latent_step > 0 else 0.5
+        if abs(k - round(k)) > 1e-9:
             raise ValueError(
-                f"synthetic {self.name!r}: label_step must divide 3, got {self.label_step}"
+                f"synthetic {self.name!r}: latent_step must divide 3, got {self.latent_step}"
             )
-        if self.prior_weights is not None and len(self.prior_weights) != len(self.grid()):
+        if self.raters < 0 or (self.raters > 0 and self.rater_sigma <= 0):
             raise ValueError(
-                f"synthetic {self.name!r}: prior_weights needs {len(self.grid())} values "
-                f"(one per grid point), got {len(self.prior_weights)}"
+                f"synthetic {self.name!r}: raters must be >= 0 and rater_sigma > 0, got "
+                f"{self.raters}, {self.rater_sigma}"
+            )
+        if self.prior_weights is not None and len(self.prior_weights) != len(self.latent_grid()):
+            raise ValueError(
+                f"synthetic {self.name!r}: prior_weights needs {len(self.latent_grid())} values "
+                f"(one per latent grid point), got {len(self.prior_weights)}"
             )
 
-    def grid(self) -> np.ndarray:
-        k = int(round(3.0 / self.label_step))
+    def latent_grid(self) -> np.ndarray:
+        """The support of the latent sentiment s: -3, -3 + latent_step, ..., 3."""
+        k = int(round(3.0 / self.latent_step))
         return np.linspace(-3.0, 3.0, 2 * k + 1)
 
+    def label_grid(self) -> np.ndarray:
+        """The support of the label y: multiples of 1/raters in [-3, 3] (the latent grid when
+        raters is 0)."""
+        if self.raters == 0:
+            return self.latent_grid()
+        return np.arange(-3 * self.raters, 3 * self.raters + 1) / self.raters
+
+    def label_kernel(self) -> np.ndarray:
+        """(S, Y) matrix P(y | s): the mean of ``raters`` i.i.d. ratings
+        clip(round(s + rater_sigma * e), -3, 3), e ~ N(0, 1); the identity when raters is 0."""
+        s = self.latent_grid()
+        if self.raters == 0:
+            return np.eye(len(s))
+        from scipy.special import ndtr
+
+        edges = np.array([-np.inf, -2.5, -1.5, -0.5, 0.5, 1.5, 2.5, np.inf])
+        cdf = ndtr((edges[None, :] - s[:, None]) / self.rater_sigma)
+        one = np.diff(cdf, axis=1)  # (S, 7): P(rating = k | s), k = -3..3
+        out = one
+        for _ in range(self.raters - 1):  # distribution of the sum of the ratings
+            out = np.stack([np.convolve(a, b) for a, b in zip(out, one, strict=True)])
+        return out / out.sum(1, keepdims=True)
+
     def prior(self) -> np.ndarray:
-        """The label pmf on :meth:`grid`."""
-        g = self.grid()
+        """The pmf of the latent sentiment s on :meth:`latent_grid`."""
+        g = self.latent_grid()
         if self.prior_weights is not None:
             w = np.asarray(self.prior_weights, dtype=np.float64)
             if (w < 0).any() or w.sum() <= 0:
@@ -148,23 +193,34 @@ class SyntheticParams:
 
     def directions(self) -> dict[str, np.ndarray]:
         """The unit direction u_m of each modality (fixed by ``law_seed``)."""
-        rng = np.random.default_rng([self.law_seed, 0x5E17])
-        out = {}
-        for m in ("text", "audio", "vision"):  # fixed order: u_m does not depend on which exist
-            law = self.modalities.get(m)
-            g = rng.standard_normal(law.dim if law else 1)
-            if law is not None:
-                out[m] = g / np.linalg.norm(g)
-        return out
+        return {m: b[:, 0].copy() for m, b in self.bases().items()}
+
+    def bases(self) -> dict[str, np.ndarray]:
+        """Per modality an orthonormal (D_m, r_m) basis of its strong-noise subspace, column 0
+        being u_m (just u_m, (D_m, 1), when ``rank`` is None). Fixed by ``law_seed``."""
+        order = ("text", "audio", "vision")  # u_m does not depend on which others exist
+        return {
+            m: _basis(self.law_seed, order.index(m), law.dim, law.rank or 1)
+            for m, law in self.modalities.items()
+        }
+
+
+@functools.lru_cache(maxsize=32)
+def _basis(law_seed: int, which: int, dim: int, rank: int) -> np.ndarray:
+    rng = np.random.default_rng([law_seed, 0x5E17, which])
+    q, r = np.linalg.qr(rng.standard_normal((dim, rank)))
+    q = q * np.sign(np.diag(r))[None, :]  # a uniformly random orthonormal basis
+    q.setflags(write=False)
+    return q
 
 
 PRESETS: dict[str, SyntheticParams] = {
     "synthetic-tiny": SyntheticParams(
         name="synthetic-tiny",
         modalities={
-            "text": ModalityLaw(dim=16, max_len=12, rate=2.0, p_cue=0.35, amp=1.0, min_len=2),
-            "audio": ModalityLaw(dim=4, max_len=20, rate=4.0, p_cue=0.15, amp=0.7, min_len=2),
-            "vision": ModalityLaw(dim=6, max_len=24, rate=5.0, p_cue=0.15, amp=0.6, min_len=2),
+            "text": ModalityLaw(dim=16, max_len=12, rate=2.0, p_cue=0.45, amp=1.0, min_len=2),
+            "audio": ModalityLaw(dim=4, max_len=20, rate=4.0, p_cue=0.3, amp=0.5, min_len=2),
+            "vision": ModalityLaw(dim=6, max_len=24, rate=5.0, p_cue=0.3, amp=0.45, min_len=2),
         },
         n=(240, 60, 120),
         description="tiny synthetic benchmark for unit tests (T 12x16, A 20x4, V 24x6)",
@@ -172,9 +228,11 @@ PRESETS: dict[str, SyntheticParams] = {
     "synthetic-mosi": SyntheticParams(
         name="synthetic-mosi",
         modalities={
-            "text": ModalityLaw(dim=768, max_len=50, rate=2.8, p_cue=0.35, amp=1.1, min_len=3),
-            "audio": ModalityLaw(dim=5, max_len=375, rate=25.0, p_cue=0.04, amp=0.8, min_len=4),
-            "vision": ModalityLaw(dim=20, max_len=500, rate=30.0, p_cue=0.04, amp=0.7, min_len=4),
+            "text": ModalityLaw(
+                dim=768, max_len=50, rate=2.8, p_cue=0.45, amp=1.0, min_len=3, rank=8, floor=0.05
+            ),
+            "audio": ModalityLaw(dim=5, max_len=375, rate=25.0, p_cue=0.15, amp=0.33, min_len=4),
+            "vision": ModalityLaw(dim=20, max_len=500, rate=30.0, p_cue=0.15, amp=0.29, min_len=4),
         },
         n=(1284, 229, 686),
         description="synthetic benchmark shaped like unaligned MOSI (T 50x768, A 375x5, V 500x20)",
@@ -185,16 +243,20 @@ PRESETS: dict[str, SyntheticParams] = {
 class SyntheticOracle:
     """Bayes-optimal predictor for a :class:`SyntheticParams` law (see the module docstring).
 
-    ``oracle(batch) -> (B,)`` posterior medians; :meth:`posterior` gives the full (B, G) pmf
-    on :attr:`grid`. ``noise_sigma``: std of i.i.d. Gaussian noise known to be added to observed
-    steps (float or ``{modality: float}``); ``batch.extra["noise_sigma"]`` overrides it per call.
+    ``oracle(batch) -> (B,)`` label-posterior medians; :meth:`posterior` gives the (B, Y) pmf
+    of the label on :attr:`grid`, :meth:`latent_posterior` the (B, S) pmf of s on
+    :attr:`latent_grid`. ``noise_sigma``: std of i.i.d. Gaussian noise known to be added to
+    observed steps (float or ``{modality: float}``); ``batch.extra["noise_sigma"]``, when set,
+    takes precedence over the constructor's value; an explicit call argument over both.
     """
 
     def __init__(self, params: SyntheticParams, noise_sigma: float | dict | None = None) -> None:
         self.params = params
-        self.grid = params.grid()
-        self.log_prior = np.log(np.maximum(params.prior(), 1e-300))
-        self.log_prior[params.prior() == 0] = -np.inf
+        self.latent_grid = params.latent_grid()
+        self.grid = params.label_grid()
+        self.kernel = params.label_kernel()
+        prior = params.prior()
+        self.log_prior = np.where(prior > 0, np.log(np.maximum(prior, 1e-300)), -np.inf)
         self.dirs = params.directions()
         self.noise_sigma = noise_sigma
 
@@ -209,11 +271,12 @@ class SyntheticOracle:
         return float(noise_sigma)
 
     def log_likelihood(self, batch: Batch, noise_sigma=None) -> np.ndarray:
-        """(B, G) log prod_t r_t(y) over the observed steps (log-likelihood ratio vs noise)."""
+        """(B, S) log prod_t r_t(s) on the latent grid over the observed steps (the
+        log-likelihood ratio against pure noise; 0 for a sample with nothing observed)."""
         if noise_sigma is None:
             noise_sigma = batch.extra.get("noise_sigma", self.noise_sigma)
         B = batch.size
-        out = np.zeros((B, len(self.grid)))
+        out = np.zeros((B, len(self.latent_grid)))
         for m, law in self.params.modalities.items():
             if m not in batch.x:
                 continue
@@ -229,16 +292,20 @@ class SyntheticOracle:
             bi, ti = np.nonzero(obs)  # only observed steps are ever read
             zo = _np(x[bi, ti]).astype(np.float64) @ self.dirs[m]  # (k,) projections
             s2 = self.params.sigma**2 + self._tau(m, noise_sigma) ** 2
-            ll = _mixture_loglik(zo, self.grid, law.amp, law.p_cue, s2)
+            ll = _mixture_loglik(zo, self.latent_grid, law.amp, law.p_cue, s2)
             _segment_add(out, bi, ll)
         return out
 
-    def posterior(self, batch: Batch, noise_sigma=None) -> np.ndarray:
-        """(B, G) posterior pmf of the label on :attr:`grid`."""
+    def latent_posterior(self, batch: Batch, noise_sigma=None) -> np.ndarray:
+        """(B, S) posterior pmf of the latent sentiment on :attr:`latent_grid`."""
         lp = self.log_prior[None, :] + self.log_likelihood(batch, noise_sigma)
         lp = lp - lp.max(1, keepdims=True)
         p = np.exp(lp)
         return p / p.sum(1, keepdims=True)
+
+    def posterior(self, batch: Batch, noise_sigma=None) -> np.ndarray:
+        """(B, Y) posterior pmf of the label on :attr:`grid` (latent posterior @ kernel)."""
+        return self.latent_posterior(batch, noise_sigma) @ self.kernel
 
     def __call__(self, batch: Batch, noise_sigma=None) -> np.ndarray:
         return posterior_median(self.posterior(batch, noise_sigma), self.grid)
@@ -284,10 +351,16 @@ def _np(t) -> np.ndarray:
 
 def _gen_split(params: SyntheticParams, ss: np.random.SeedSequence, n: int, tag: str) -> SplitData:
     rng = np.random.default_rng(ss)
-    grid, prior = params.grid(), params.prior()
-    y = grid[rng.choice(len(grid), size=n, p=prior)]
+    grid, prior = params.latent_grid(), params.prior()
+    s = grid[rng.choice(len(grid), size=n, p=prior)]  # latent sentiment
+    if params.raters:
+        e = rng.standard_normal((n, params.raters))
+        ratings = np.clip(np.rint(s[:, None] + params.rater_sigma * e), -3, 3)
+        y = np.round(ratings.sum(1)) / params.raters
+    else:
+        y = s
     dur = np.exp(np.log(params.duration_median) + params.duration_sigma * rng.standard_normal(n))
-    dirs = params.directions()
+    bases = params.bases()
     x, lengths = {}, {}
     for m, law in params.modalities.items():
         jit = np.exp(params.length_jitter * rng.standard_normal(n))
@@ -296,12 +369,18 @@ def _gen_split(params: SyntheticParams, ss: np.random.SeedSequence, n: int, tag:
         xm = np.zeros((n, law.max_len, law.dim), dtype=np.float32)
         k = int(valid.sum())
         steps = rng.standard_normal((k, law.dim), dtype=np.float32)
+        B = bases[m].astype(np.float32)
+        if law.rank is not None and law.rank < law.dim and law.floor < 1.0:
+            # std floor*sigma everywhere, topped up to sigma inside span(B)
+            steps *= np.float32(law.floor)
+            extra = rng.standard_normal((k, law.rank), dtype=np.float32)
+            steps += np.float32(np.sqrt(1.0 - law.floor**2)) * (extra @ B.T)
         if params.sigma != 1.0:
             steps *= np.float32(params.sigma)
         cue = rng.random(k) < law.p_cue
         row = np.nonzero(valid)[0]
-        coef = (law.amp * y[row] * cue).astype(np.float32)
-        steps += coef[:, None] * dirs[m].astype(np.float32)[None, :]
+        coef = (law.amp * s[row] * cue).astype(np.float32)
+        steps += coef[:, None] * B[:, 0][None, :]
         xm[valid] = steps
         x[m], lengths[m] = xm, L
     ids = [f"{tag}_{i:05d}" for i in range(n)]
