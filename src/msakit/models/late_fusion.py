@@ -41,6 +41,10 @@ class LateFusion(MSAModel):
             {m: MaskedTransformer(c.d, c.layers, c.heads, 2 * c.d, c.dropout) for m in self.mods}
         )
         self.missing = nn.ParameterDict({m: nn.Parameter(torch.zeros(c.d)) for m in self.mods})
+        # an empty modality is replaced after pooling (self.missing), so the encoders' own
+        # "empty row" vectors never reach the output: keep them frozen
+        for enc in self.enc.values():
+            enc.missing.requires_grad_(False)
         n = len(self.mods)
         self.head = mlp([n * (c.d + 1), c.head_hidden, 1], c.dropout)
 

@@ -1,0 +1,174 @@
+"""MulT: the Multimodal Transformer for unaligned multimodal language sequences.
+
+Tsai et al., "Multimodal Transformer for Unaligned Multimodal Language Sequences", ACL 2019.
+Reference code: github.com/yaohungt/Multimodal-Transformer and MMSA 2.2.1's ``MULT`` (its
+``config_regression.json`` MOSI entry gives the default sizes). Read, not copied.
+
+Blocks, in forward order (M modalities, all projected to width d):
+
+1. Temporal projection: per modality a Conv1d (kernel 5, no bias) to d. Masked steps are zeroed
+   first, so a kernel wider than 1 never carries their content into observed steps; the
+   convolution is padded to keep the length (the reference uses no padding and loses 4 steps),
+   so step t of the output stays aligned with the mask of step t. Text gets input dropout.
+2. Crossmodal transformers, one per ordered pair (target m <- source s; 6 for three
+   modalities): m's steps query s's steps through ``layers`` pre-norm blocks
+   (``layers.attention.CrossmodalTransformer``), sinusoidal positions, key padding masks from
+   ``batch.observed``. A sample whose source s has no observed step gets a learned attention
+   output in every block, so m's own content still flows through the residual path.
+3. Memory transformers, one per target: self-attention over the concatenation of m's
+   crossmodal outputs (width (M-1)*d), ``mem_layers`` blocks.
+4. Pooling over m's observed steps only (mean, or the last observed step with ``pool="last"``);
+   a sample with nothing observed in m gets a learned missing state instead, so absent
+   modalities never produce NaNs and never depend on masked content.
+5. Head: concatenation (M*(M-1)*d), residual block proj2(dropout(relu(proj1(h)))) + h, linear
+   output (as the reference).
+
+Attention runs on torch's fused ``scaled_dot_product_attention``; there is no per-step loop.
+
+Defaults following MMSA's MOSI config: d=50, 10 heads, 4 crossmodal layers, memory depth
+max(4, 3) = 4, Conv1d kernel 5, attention dropout 0.3 for text keys and the memory transformers,
+0.2 for audio keys, 0.0 for vision keys (MMSA indexes it by the source modality), ReLU and
+residual dropout 0, embedding dropout 0.2, text input dropout 0.5, output dropout 0.5, L1 loss,
+lr 2e-3, batch 16, no weight decay (MMSA's Adam receives none). Ours: attention dropout drops
+keys before the softmax (``attn_dropout_mode="key"``, see ``layers.attention``) instead of
+attention weights, so the fused kernel is kept; set ``"weights"`` for the reference behaviour
+(much slower on CPU). Sinusoidal positions follow the original code (MMSA switches them off).
+No causal "future" mask: MulT's reference masks keys beyond a length-offset diagonal, which only
+makes sense for unpadded sequences with the last step read out; we pool over observed steps.
+Same-length convolution padding, the learned missing / null states, mean pooling and gradient
+norm clipping at 1.0 (MMSA clips gradient values at 0.6; the engine clips norms) are ours.
+The parameter count equals MMSA's MulT plus the null states (M*(M-1)*layers*d) and missing
+states (M*(M-1)*d): 1,500 more than MMSA's 2.57M at the defaults.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from itertools import permutations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from msakit.data.batch import Batch
+from msakit.models.base import ModelConfig, MSAModel, Output, register_model
+from msakit.models.layers import masked_mean
+from msakit.models.layers.attention import DROPOUT_MODES, CrossmodalTransformer
+
+POOLS = ("mean", "last")
+
+
+@dataclass
+class MulTConfig(ModelConfig):
+    d: int = 50
+    heads: int = 10
+    layers: int = 4  # crossmodal depth
+    mem_layers: int = 4  # memory (self-attention) depth
+    conv_kernel: int = 5
+    attn_dropout: float = 0.3  # keys from text, and the memory transformers
+    attn_dropout_audio: float = 0.2  # keys from audio
+    attn_dropout_vision: float = 0.0  # keys from vision
+    attn_dropout_mode: str = "key"  # "key" (fused kernel) or "weights" (reference, slow)
+    relu_dropout: float = 0.0
+    res_dropout: float = 0.0
+    embed_dropout: float = 0.2
+    text_dropout: float = 0.5
+    output_dropout: float = 0.5
+    positions: bool = True
+    pool: str = "mean"  # "mean" over observed steps or "last" observed step
+    lr: float = 2e-3
+    batch_size: int = 16
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+
+
+def last_observed(h: torch.Tensor, obs: torch.Tensor) -> torch.Tensor:
+    """h (B, L, D), obs (B, L) bool -> (B, D) at each row's last observed step (step 0 if none)."""
+    L = obs.shape[1]
+    steps = torch.arange(L, device=obs.device).expand_as(obs)
+    idx = torch.where(obs, steps, -1).amax(1).clamp_min(0)  # (B,)
+    return h[torch.arange(h.shape[0], device=h.device), idx]
+
+
+@register_model("mult", MulTConfig)
+class MulT(MSAModel):
+    """MulT (Tsai et al. 2019): crossmodal transformers for every modality pair, masked."""
+
+    def __init__(self, dims: dict[str, int], config: MulTConfig) -> None:
+        super().__init__(dims, config)
+        c = config
+        self.mods = tuple(dims)
+        if len(self.mods) < 2:
+            raise ValueError(f"mult needs at least two modalities, got dims={dims}")
+        if c.pool not in POOLS:
+            raise ValueError(f"mult: pool={c.pool!r}; expected one of {POOLS}")
+        if c.attn_dropout_mode not in DROPOUT_MODES:
+            raise ValueError(
+                f"mult: attn_dropout_mode={c.attn_dropout_mode!r}; expected one of {DROPOUT_MODES}"
+            )
+        for name, v in (("d", c.d), ("heads", c.heads), ("conv_kernel", c.conv_kernel)):
+            if v < 1:
+                raise ValueError(f"mult: {name}={v}; expected a positive integer")
+        if c.d % c.heads:
+            raise ValueError(f"mult: d={c.d} must be divisible by heads={c.heads}")
+        k = c.conv_kernel
+        self.proj = nn.ModuleDict(
+            {m: nn.Conv1d(dims[m], c.d, k, padding=k // 2, bias=False) for m in self.mods}
+        )
+        key_drop = {"text": c.attn_dropout, "audio": c.attn_dropout_audio}
+        key_drop["vision"] = c.attn_dropout_vision
+        common = dict(
+            relu_dropout=c.relu_dropout,
+            res_dropout=c.res_dropout,
+            embed_dropout=c.embed_dropout,
+            dropout_mode=c.attn_dropout_mode,
+            positions=c.positions,
+        )
+        self.pairs = list(permutations(self.mods, 2))  # (target, source)
+        self.cross = nn.ModuleDict(
+            {
+                f"{t}<-{s}": CrossmodalTransformer(
+                    c.d, c.heads, c.layers, key_drop.get(s, c.attn_dropout), null=True, **common
+                )
+                for t, s in self.pairs
+            }
+        )
+        dm = (len(self.mods) - 1) * c.d
+        self.mem = nn.ModuleDict(
+            {
+                m: CrossmodalTransformer(dm, c.heads, c.mem_layers, c.attn_dropout, **common)
+                for m in self.mods
+            }
+        )
+        self.missing = nn.ParameterDict({m: nn.Parameter(torch.zeros(dm)) for m in self.mods})
+        dc = len(self.mods) * dm
+        self.proj1, self.proj2 = nn.Linear(dc, dc), nn.Linear(dc, dc)
+        self.out = nn.Linear(dc, 1)
+
+    def forward(self, batch: Batch) -> Output:
+        c = self.config
+        obs = {m: batch.observed(m) for m in self.mods}
+        h = {}
+        for m in self.mods:
+            x = batch.x[m].masked_fill(~obs[m].unsqueeze(-1), 0.0)
+            if m == "text":
+                x = F.dropout(x, c.text_dropout, self.training)
+            # (B, L_m, d), contiguous: a transposed layout would make every later op copy
+            h[m] = self.proj[m](x.transpose(1, 2)).transpose(1, 2).contiguous()
+        feats = []
+        for m in self.mods:
+            z = torch.cat(
+                [
+                    self.cross[f"{m}<-{s}"](h[m], obs[m], h[s], obs[s])
+                    for t, s in self.pairs
+                    if t == m
+                ],
+                dim=-1,
+            )  # (B, L_m, (M-1)*d)
+            z = self.mem[m](z, obs[m])
+            pooled = masked_mean(z, obs[m]) if c.pool == "mean" else last_observed(z, obs[m])
+            has = obs[m].any(1, keepdim=True)
+            feats.append(torch.where(has, pooled, self.missing[m].expand_as(pooled)))
+        f = torch.cat(feats, -1)  # (B, M*(M-1)*d)
+        r = self.proj2(F.dropout(F.relu(self.proj1(f)), c.output_dropout, self.training))
+        return Output(self.out(r + f).squeeze(-1), {"fused": f})
