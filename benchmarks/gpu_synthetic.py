@@ -51,7 +51,7 @@ def train_group(model, corrupt, a) -> str:
 
     t = time.time()
     tc = TrainConfig(epochs=a.epochs, patience=a.patience, corrupt=corrupt or "none",
-                     accelerator=a.accelerator)
+                     accelerator=a.accelerator, max_time_s=a.max_time_s)
     s = msakit.train(model, a.dataset, Path(a.out) / "runs" / tag(model, corrupt),
                      seeds=a.seeds, train_config=tc)
     return f"{tag(model, corrupt)}: test mae {s['test']['mae']['mean']:.3f} in {time.time() - t:.0f}s"
@@ -89,6 +89,7 @@ def main() -> None:
     ap.add_argument("--accelerator", default="cpu")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--workers", type=int, default=9)
+    ap.add_argument("--max-time-s", type=float, default=None, help="training time cap per seed")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--models", default=None, help="comma list to restrict GROUPS")
     ap.add_argument("--phase", default="train,sweep")

@@ -50,6 +50,7 @@ class TrainConfig:
     deterministic: bool = True
     progress: bool = False
     accelerator: str = "cpu"
+    max_time_s: float | None = None  # wall-clock cap per seed (benchmarks); selection unchanged
 
 
 def write_json(path: Path, obj: Any) -> None:
@@ -313,6 +314,7 @@ def fit_seed(
         warnings.filterwarnings("ignore", ".*is deprecated.*")
         trainer = L.Trainer(
             max_epochs=tcfg.epochs,
+            max_time=None if tcfg.max_time_s is None else {"seconds": tcfg.max_time_s},
             min_epochs=tcfg.min_epochs,
             accelerator=tcfg.accelerator,
             devices=1,
