@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -12,7 +13,8 @@ from rich.table import Table
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, help=__doc__, pretty_exceptions_enable=False
 )
-console = Console()
+# wide output when piped (CI logs, files); the terminal's width otherwise
+console = Console(width=None if sys.stdout.isatty() else 180)
 
 DEFAULT_SEEDS = [1111, 1112, 1113]
 SHOW = ("acc2_non0", "f1_non0", "acc2_has0", "acc7", "mae", "corr")

@@ -68,6 +68,7 @@ import torch
 
 from msakit.data.batch import Batch, SplitData
 from msakit.data.dataset import SPLITS, MSADataset
+from msakit.data.catalog import register_summary
 from msakit.data.registry import DatasetEntry, register_dataset
 
 __all__ = [
@@ -495,4 +496,11 @@ for _name, _p in PRESETS.items():
             modalities=tuple(_p.modalities),
             synthetic=True,
         )
+    )
+    register_summary(
+        _name,
+        lambda root, p=_p: {
+            "dims": {m: law.dim for m, law in p.modalities.items()},
+            "sizes": dict(zip(("train", "valid", "test"), p.n, strict=True)),
+        },
     )
