@@ -59,6 +59,11 @@ reference fine-tunes BERT), batch 32 (256), lr 3e-4 instead of 2e-5 (on syntheti
 epochs, one seed: test MAE 0.95 at 2e-5, 0.78 at 3e-4, 0.78 at 1e-3), the latent transformers
 and pairwise encoders working on latent token sets rather than on single pooled vectors (with
 one key, the reference's cross-attention reduces to a linear map of that key).
+
+Measured (synthetic-tiny, ``modality:0.3`` training, 15 epochs, seeds 1-3, clean test): test MAE
+0.703 with retrieval, 0.677 with it disabled (``sim_threshold=1.01``), oracle 0.577; the
+neighbours are relevant (the mean label of a test sample's 8 text neighbours correlates 0.84
+with its label) but add nothing the sample's own features do not already carry there.
 """
 
 from __future__ import annotations
@@ -114,7 +119,7 @@ class HMEConfig(ModelConfig):
     latent_depth: int = 2
     hyper_depth: int = 2
     k: int = 8  # neighbours retrieved per observed modality
-    sim_threshold: float = 0.6  # cosine; neighbours below it are ignored
+    sim_threshold: float = 0.6  # cosine; neighbours below it are ignored (> 1: no retrieval)
     bank_size: int = 4096  # FIFO slots during training; on_fit_end resizes to the train split
     retriever: str = "exact"  # a name registered in msakit.models.layers.retrieval
     dropout: float = 0.1
