@@ -67,8 +67,8 @@ import numpy as np
 import torch
 
 from msakit.data.batch import Batch, SplitData
-from msakit.data.dataset import SPLITS, MSADataset
 from msakit.data.catalog import register_summary
+from msakit.data.dataset import SPLITS, MSADataset
 from msakit.data.registry import DatasetEntry, register_dataset
 
 __all__ = [
