@@ -24,6 +24,10 @@ Blocks, in forward order (M modalities, all projected to width d):
    output (as the reference).
 
 Attention runs on torch's fused ``scaled_dot_product_attention``; there is no per-step loop.
+On CPU its cost grows with heads x query steps x key steps almost regardless of the head
+width, so MMSA's 10 heads of width 5 dominate a training step; ``heads=2`` keeps every
+parameter (the head count changes no weight shape) and makes a step about 3x cheaper
+(``benchmarks/bench_mult_vs_mmsa.py``).
 
 Defaults following MMSA's MOSI config: d=50, 10 heads, 4 crossmodal layers, memory depth
 max(4, 3) = 4, Conv1d kernel 5, attention dropout 0.3 for text keys and the memory transformers,
