@@ -308,7 +308,7 @@ def markdown(res: dict) -> str:
             "",
             f"- Command: `{res['command']}`",
             f"- Machine: {m['cpu']}, {m['cores']} cores, {m['mem_gib']} GiB RAM, Python "
-            f"{m['python']}, torch {res['torch']} (CPU, {'/'.join(map(str, threads))} threads)",
+            f"{m['python']}, torch {res['torch']} (CPU, torch threads: {'/'.join(map(str, threads))})",
             f"- Date: {res['date']}",
             f"- Load average (1/5/15 min) before: {load.get('before')}, after: "
             f"{load.get('after')}; on a shared machine other jobs inflate wall times",
