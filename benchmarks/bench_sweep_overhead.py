@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import sys
 import time
@@ -27,20 +26,13 @@ from pathlib import Path
 
 
 def machine(device: str) -> str:
+    """run_matrix's machine description plus the torch thread count."""
     import torch
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    desc = f"{cpu}, torch {torch.__version__}, {torch.get_num_threads()} threads"
-    if device.startswith("cuda") and torch.cuda.is_available():
-        desc += f", {torch.cuda.get_device_name(0)}"
-    return f"{platform.system()} {platform.machine()}, {desc}"
+    sys.path.insert(0, str(Path(__file__).parent))
+    from run_matrix import machine as describe
+
+    return f"{describe(device)}, {torch.get_num_threads()} threads"
 
 
 def load_data(args):
