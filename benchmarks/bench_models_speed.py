@@ -33,12 +33,13 @@ def make_batch(bs: int, seed: int = 0):
     return collate(sd, np.arange(bs), trim=False)
 
 
-def measure(name: str, bs: int, steps: int, overrides: dict) -> dict:
+def measure(name: str, bs: int, steps: int, overrides: dict, threads: int) -> dict:
     import torch
 
     import msakit
     from msakit.corrupt import parse_protocol
 
+    torch.set_num_threads(threads)
     torch.manual_seed(0)
     batch = make_batch(bs)
     model = msakit.create_model(name, {m: d for m, (_, d) in SHAPES.items()}, **overrides)
@@ -56,11 +57,12 @@ def measure(name: str, bs: int, steps: int, overrides: dict) -> dict:
         opt.step()
 
     step()  # warm-up
-    times = []
+    times, cpu = [], []
     for _ in range(steps):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         step()
         times.append(time.perf_counter() - t)
+        cpu.append(time.process_time() - c)
     model.eval()
     with torch.no_grad():
         model(batch)
@@ -73,6 +75,7 @@ def measure(name: str, bs: int, steps: int, overrides: dict) -> dict:
         "params": n_params,
         "train_step_s": sorted(times)[len(times) // 2],
         "train_step_s_all": times,
+        "train_step_cpu_s": sorted(cpu)[len(cpu) // 2],
         "infer_samples_per_s": bs / infer,
         "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
         "train_corruption": model.config.default_corrupt,
@@ -86,33 +89,37 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--out", default="bench_speed.json")
     ap.add_argument("--markdown", action="store_true")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (1: CPU time is robust to other jobs)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child:
-        print(json.dumps(measure(a.child, a.batch, a.steps, {})))
+        print(json.dumps(measure(a.child, a.batch, a.steps, {}, a.threads)))
         return
     rows = []
     for m in a.models:
         p = subprocess.run(
-            [sys.executable, __file__, "--child", m, "--batch", str(a.batch), "--steps", str(a.steps)],
+            [sys.executable, __file__, "--child", m, "--batch", str(a.batch), "--steps", str(a.steps),
+             "--threads", str(a.threads)],
             capture_output=True, text=True,
         )
         if p.returncode != 0:
             raise SystemExit(f"{m} failed:\n{p.stderr[-3000:]}")
         rows.append(json.loads(p.stdout.strip().splitlines()[-1]))
         r = rows[-1]
-        print(f"{m:12s} params {r['params']:>9,d}  step {r['train_step_s']:.3f} s  "
+        print(f"{m:12s} params {r['params']:>9,d}  step {r['train_step_s']:.3f} s "
+              f"(CPU {r['train_step_cpu_s']:.3f} s)  "
               f"infer {r['infer_samples_per_s']:.0f}/s  peak {r['peak_rss_gb']:.2f} GB", flush=True)
     meta = {"date": str(date.today()), "machine": f"{platform.machine()} {platform.processor()}",
             "cpus": __import__("os").cpu_count(), "batch": a.batch, "steps": a.steps,
+            "threads": a.threads, "load_avg": __import__("os").getloadavg(),
             "command": " ".join(sys.argv)}
     with open(a.out, "w") as f:
         json.dump({"meta": meta, "rows": rows}, f, indent=2)
     if a.markdown:
-        print("\n| model | params | train step (s) | inference (samples/s) | peak RSS (GB) |")
-        print("|---|---:|---:|---:|---:|")
+        print("\n| model | params | train step, wall (s) | train step, CPU (s) | inference (samples/s) | peak RSS (GB) |")
+        print("|---|---:|---:|---:|---:|---:|")
         for r in rows:
-            print(f"| {r['model']} | {r['params']:,} | {r['train_step_s']:.3f} | "
+            print(f"| {r['model']} | {r['params']:,} | {r['train_step_s']:.3f} | {r['train_step_cpu_s']:.3f} | "
                   f"{r['infer_samples_per_s']:.0f} | {r['peak_rss_gb']:.2f} |")
 
 
