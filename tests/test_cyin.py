@@ -15,7 +15,7 @@ from msakit.corrupt import parse_protocol
 from msakit.data.batch import Batch, SplitData, collate
 from msakit.data.dataset import MSADataset
 from msakit.models import create_model
-from msakit.models.cyin import pool_steps
+from msakit.models.layers import window_mean as pool_steps
 
 DIMS = {"text": 12, "audio": 5, "vision": 7}
 LENS = {"text": 6, "audio": 30, "vision": 24}

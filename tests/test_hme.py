@@ -13,7 +13,7 @@ import msakit
 from msakit.data.batch import SplitData, collate
 from msakit.data.dataset import MSADataset
 from msakit.models import create_model
-from msakit.models.hme import window_mean
+from msakit.models.layers import window_mean
 from msakit.models.layers.retrieval import ExactRetriever, make_retriever
 from msakit.train.engine import EngineContext, load_run_model, predict
 

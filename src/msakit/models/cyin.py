@@ -52,7 +52,13 @@ from torch import nn
 
 from msakit.data.batch import Batch
 from msakit.models.base import ModelConfig, MSAModel, Output, register_model
-from msakit.models.layers import MaskedTransformer, PositionalEncoding, masked_mean, mlp
+from msakit.models.layers import (
+    MaskedTransformer,
+    PositionalEncoding,
+    masked_mean,
+    mlp,
+    window_mean,
+)
 
 
 @dataclass
@@ -79,28 +85,6 @@ class CyINConfig(ModelConfig):
     weight_decay: float = 1e-4
     grad_clip: float = 1.0
     default_corrupt: str | None = "modality:0.3"
-
-
-def pool_steps(x: torch.Tensor, mask: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mask-aware mean pooling of (B, L, D) to at most ``k`` steps.
-
-    Each sample uses windows of ``ceil(n / k)`` steps, ``n`` = its last observed step + 1, so the
-    result depends only on that sample. Returns the pooled (B, k', D) and its mask (B, k')
-    (a window is observed if any of its steps is). Content under ``mask`` is never read.
-    """
-    x = x.masked_fill(~mask.unsqueeze(-1), 0.0)
-    B, L, _ = x.shape
-    if L <= k:
-        return x, mask
-    steps = torch.arange(L, device=x.device)
-    n = torch.where(mask, steps + 1, 0).amax(1)  # (B,)
-    w = ((n + k - 1) // k).clamp_min(1)
-    bins = (steps[None, :] // w[:, None]).clamp_max(k - 1)  # (B, L)
-    onehot = (bins.unsqueeze(1) == torch.arange(k, device=x.device)[None, :, None]) & mask[:, None]
-    onehot = onehot.to(x.dtype)  # (B, k, L)
-    count = onehot.sum(-1)  # (B, k)
-    pooled = torch.bmm(onehot, x) / count.clamp_min(1.0).unsqueeze(-1)
-    return pooled, count > 0
 
 
 def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
@@ -180,7 +164,7 @@ class CyIN(MSAModel):
 
     def encode(self, m: str, x: torch.Tensor, obs: torch.Tensor) -> dict[str, torch.Tensor]:
         """One modality through encoder, token-level IB and label-level IB."""
-        x, mask = pool_steps(x, obs, self.config.max_steps)
+        x, mask = window_mean(x, obs, self.config.max_steps)
         h = self.enc[m](self.pos(self.proj[m](x)), mask)  # (B, L', d)
         mu_t, lv_t, z_t = self._gauss(self.tok_ib[m](h))  # (B, L', dz)
         mu_l, lv_l, z_l = self._gauss(self.lab_ib[m](masked_mean(z_t, mask)))  # (B, dz)

@@ -77,34 +77,11 @@ from torch.nn import functional as F
 
 from msakit.data.batch import Batch
 from msakit.models.base import ModelConfig, MSAModel, Output, register_model
-from msakit.models.layers import PositionalEncoding, mlp
+from msakit.models.layers import PositionalEncoding, mlp, window_mean
 from msakit.models.layers.common import safe_padding
 from msakit.models.layers.retrieval import Retriever, make_retriever
 
 _BANK = ("bank_x", "bank_present", "bank_ids", "bank_ptr")
-
-
-def window_mean(
-    x: torch.Tensor, obs: torch.Tensor, max_steps: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Shorten (B, L, D) sequences to at most ``max_steps`` windows: sample i's steps up to its
-    last observed one (n_i of them) fall into windows of ceil(n_i / max_steps) steps, each the
-    mean of its observed steps. A window is observed if any of its steps is. The window size
-    depends only on the sample's own mask, never on the batch's padding; samples with
-    n_i <= max_steps are unchanged. ``x`` must already be zero under ``~obs``."""
-    b, L, _ = x.shape
-    if L <= max_steps:
-        return x, obs
-    steps = torch.arange(L, device=x.device)
-    n = torch.where(obs, steps + 1, 0).amax(1)  # (B,) one past the last observed step
-    size = ((n + max_steps - 1) // max_steps).clamp_min(1)
-    win = (steps[None, :] // size[:, None]).clamp_max(max_steps - 1)  # (B, L)
-    w = obs.to(x.dtype)
-    sums = x.new_zeros(b, max_steps, x.shape[2]).index_put_(
-        (torch.arange(b, device=x.device)[:, None], win), x * w.unsqueeze(-1), accumulate=True
-    )
-    cnt = x.new_zeros(b, max_steps).scatter_add_(1, win, w)
-    return sums / cnt.clamp_min(1.0).unsqueeze(-1), cnt > 0
 
 
 @dataclass

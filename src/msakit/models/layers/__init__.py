@@ -5,6 +5,7 @@ from msakit.models.layers.common import (
     PositionalEncoding,
     masked_mean,
     mlp,
+    window_mean,
 )
 
-__all__ = ["MaskedTransformer", "PositionalEncoding", "masked_mean", "mlp"]
+__all__ = ["MaskedTransformer", "PositionalEncoding", "masked_mean", "mlp", "window_mean"]

@@ -15,6 +15,33 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (x * w).sum(1) / w.sum(1).clamp_min(1.0)
 
 
+def window_mean(
+    x: torch.Tensor, mask: torch.Tensor, max_steps: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mask-aware shortening of (B, L, D) sequences to at most ``max_steps`` windows.
+
+    Sample i's steps up to its last observed one (n_i of them) fall into windows of
+    ceil(n_i / max_steps) steps, each the mean of its observed steps; a window is observed if
+    any of its steps is. The window size depends only on the sample's own mask, never on the
+    batch's padding, and content under a False mask is never read. Sequences no longer than
+    ``max_steps`` come back as they are (the same tensors: mask downstream).
+    Returns (B, L', D), (B, L')."""
+    b, L, _ = x.shape
+    if L <= max_steps:
+        return x, mask
+    x = x.masked_fill(~mask.unsqueeze(-1), 0.0)
+    steps = torch.arange(L, device=x.device)
+    n = torch.where(mask, steps + 1, 0).amax(1)  # (B,) one past the last observed step
+    size = ((n + max_steps - 1) // max_steps).clamp_min(1)
+    win = (steps[None, :] // size[:, None]).clamp_max(max_steps - 1)  # (B, L)
+    w = mask.to(x.dtype)
+    sums = x.new_zeros(b, max_steps, x.shape[2]).index_put_(
+        (torch.arange(b, device=x.device)[:, None], win), x * w.unsqueeze(-1), accumulate=True
+    )
+    cnt = x.new_zeros(b, max_steps).scatter_add_(1, win, w)
+    return sums / cnt.clamp_min(1.0).unsqueeze(-1), cnt > 0
+
+
 def mlp(sizes: list[int], dropout: float = 0.0, act: type[nn.Module] = nn.ReLU) -> nn.Sequential:
     """Linear layers with ``act`` and dropout between them (none after the last)."""
     layers: list[nn.Module] = []
