@@ -30,9 +30,12 @@ def only_root(tmp_path, monkeypatch):
 
 
 def _tiny_dataset(name: str) -> MSADataset:
-    sd = SplitData(x={"text": np.ones((2, 1, 3), np.float32)},
-                   lengths={"text": np.ones(2, np.int64)}, y=[0.5, -0.5], ids=["a", "b"])
-    return MSADataset(name, {"train": sd, "valid": sd, "test": sd})
+    def sd(s):
+        return SplitData(x={"text": np.ones((2, 1, 3), np.float32)},
+                         lengths={"text": np.ones(2, np.int64)}, y=[0.5, -0.5],
+                         ids=[f"{s}-a", f"{s}-b"])
+
+    return MSADataset(name, {s: sd(s) for s in ("train", "valid", "test")})
 
 
 @pytest.fixture()

@@ -138,6 +138,29 @@ def test_loss_terms_named_and_finite(batch):
     assert torch.allclose(losses["total"], expect)
 
 
+def test_label_level_loss_over_observed_modalities(batch):
+    """ib_pred is the task loss of the label-level heads over observed (sample, modality)
+    pairs: L1 for regression, cross-entropy on per-modality logits for classification."""
+    import torch.nn.functional as F
+
+    net = model().eval()
+    with torch.no_grad():
+        out = net(batch)
+        avail, lp = out.extras["avail"], out.extras["lab_pred"]
+        want = (lp - batch.y[:, None]).abs()[avail].mean()
+        torch.testing.assert_close(net.loss(out, batch)["ib_pred"], want)
+        torch.manual_seed(0)
+        clf = create_model("cyin", DIMS, n_classes=4, **SMALL).eval()
+        y = torch.arange(batch.size) % 4
+        cb = batch.replace(y=y)
+        out = clf(cb)
+        lp = out.extras["lab_pred"]
+        assert out.pred.shape == (batch.size, 4) and lp.shape == (batch.size, 3, 4)
+        ce = F.cross_entropy(lp.flatten(0, 1), y.repeat_interleave(3), reduction="none")
+        want = ce.view(batch.size, 3)[out.extras["avail"]].mean()
+        torch.testing.assert_close(clf.loss(out, cb)["ib_pred"], want)
+
+
 def test_gradients_reach_every_trainable_parameter(batch):
     net = model().train()
     torch.manual_seed(2)

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import msakit
+from msakit.errors import RunError
 from msakit.models.late_fusion import LateFusion
 from msakit.train.engine import TrainConfig, fit_seed, load_run_model, predict
 
@@ -48,7 +49,7 @@ def test_finished_run_is_reused_and_config_clash_refused(toy_dataset, tmp_path):
     mtime = (tmp_path / "model.pt").stat().st_mtime_ns
     fit_seed("late_fusion", toy_dataset, 1, tmp_path, TrainConfig(epochs=1))
     assert (tmp_path / "model.pt").stat().st_mtime_ns == mtime
-    with pytest.raises(FileExistsError, match="different config"):
+    with pytest.raises(RunError, match="another config"):
         fit_seed("late_fusion", toy_dataset, 1, tmp_path, TrainConfig(epochs=3))
 
 

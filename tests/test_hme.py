@@ -13,6 +13,7 @@ import msakit
 from msakit.data.batch import SplitData, collate
 from msakit.data.dataset import MSADataset
 from msakit.models import create_model
+from msakit.models.hme import HMEConfig
 from msakit.models.layers import window_mean
 from msakit.models.layers.retrieval import ExactRetriever, make_retriever
 from msakit.train.engine import EngineContext, load_run_model, predict
@@ -52,6 +53,10 @@ def dataset() -> MSADataset:
 
 def build(**kw) -> torch.nn.Module:
     torch.manual_seed(0)
+    if kw.get("sim_threshold", 0) < 0:
+        # a negative cosine threshold (-1: keep every neighbour) is meaningful, but the generic
+        # range check in models.base refuses negative numbers: build the config directly
+        return create_model("hme", DIMS, config=HMEConfig(**{**SMALL, **kw}))
     return create_model("hme", DIMS, **{**SMALL, **kw})
 
 
@@ -263,9 +268,30 @@ def test_uncertainty_kl_and_named_loss(dataset):
     assert all(torch.isfinite(v) and v.dim() == 0 for v in losses.values())
     want = losses["pred"] + 0.8 * losses["unimodal"] + 0.01 * losses["kl"]
     torch.testing.assert_close(losses["total"], want)
-    model.eval()
-    with torch.no_grad():  # evaluation uses mu: deterministic
-        torch.testing.assert_close(model(b).extras["uncertainty"], model(b).extras["uncertainty"])
+    # the VIB samples z in training (sigma itself is deterministic, so compare predictions):
+    # with dropout 0 and no bank writes (no grad), two training passes differ only by that
+    # noise; evaluation uses mu and is deterministic
+    model = ready(dataset, dropout=0.0).train()
+    with torch.no_grad():
+        assert not torch.allclose(model(b).pred, model(b).pred)
+        model.eval()
+        torch.testing.assert_close(model(b).pred, model(b).pred, atol=0, rtol=0)
+
+
+def test_classification_heads_and_unimodal_cross_entropy(dataset):
+    import torch.nn.functional as F
+
+    model = build(n_classes=3).eval()
+    b = collate(dataset.splits["test"], np.arange(12))
+    b = b.replace(y=torch.arange(12) % 3)
+    with torch.no_grad():
+        out = model(b)
+        pm = out.extras["pred_m"]
+        assert out.pred.shape == (12, 3) and pm.shape == (12, 3, 3)
+        losses = model.loss(out, b)
+    torch.testing.assert_close(losses["pred"], F.cross_entropy(out.pred, b.y))
+    uni = torch.stack([F.cross_entropy(pm[:, i], b.y) for i in range(3)]).mean()
+    torch.testing.assert_close(losses["unimodal"], uni)
 
 
 def test_absent_modalities_no_nan_and_gradients_everywhere(dataset):

@@ -96,18 +96,37 @@ def test_gradient_reversal_flips_gradient_reaching_proxy_generator():
         model = tiny_model(grl_alpha=alpha)
         loss = model.loss(model(b), b)["total"]
         loss.backward()
-        proxy = {n: p.grad.clone() for n, p in model.proxy.named_parameters()}
-        other = {n: p.grad.clone() for n, p in model.head.named_parameters()}
-        return proxy, other
+        return {
+            part: {n: p.grad.clone() for n, p in getattr(model, part).named_parameters()}
+            for part in ("proxy", "embed", "completeness")
+        }
 
-    rev, head_rev = grads(1.0)
-    ident, head_ident = grads(-1.0)  # alpha -1: the layer passes gradients through unchanged
-    assert any(g.abs().sum() > 0 for g in rev.values())
-    for n in rev:
-        assert torch.allclose(rev[n], -ident[n], atol=1e-6), n
-    # blocks before the reversal see the same gradient either way
-    for n in head_rev:
-        assert torch.allclose(head_rev[n], head_ident[n], atol=1e-6), n
+    rev = grads(1.0)
+    ident = grads(-1.0)  # alpha -1: the layer passes gradients through unchanged
+    cut = grads(0.0)  # alpha 0: nothing flows back through the reversal
+    proxy = rev["proxy"]
+    assert any(g.abs().sum() > 0 for g in proxy.values())
+    # the proxy generator feeds the reversal directly: its whole gradient flips sign
+    for n in proxy:
+        assert torch.allclose(proxy[n], -ident["proxy"][n], atol=1e-6), n
+        assert not cut["proxy"][n].any(), n
+    # blocks that do not feed the proxy generator (the language encoder, the completeness
+    # estimator) see the same gradient whatever alpha is
+    for part, prefix in (("embed", "text."), ("completeness", "")):
+        for n, g in rev[part].items():
+            if n.startswith(prefix):
+                assert torch.allclose(g, ident[part][n], atol=1e-6), (part, n)
+                assert torch.allclose(g, cut[part][n], atol=1e-6), (part, n)
+    # the audio / vision encoders feed both the proxy generator (reversed) and the fusion (not):
+    # grad(alpha) = g_other - alpha * g_proxy, so grad(1) + grad(-1) = 2 grad(0), and the proxy
+    # part is non-zero
+    for n, g in rev["embed"].items():
+        if n.startswith(("audio.", "vision.")):
+            torch.testing.assert_close(g + ident["embed"][n], 2 * cut["embed"][n], atol=1e-6, rtol=1e-4)
+    assert any(
+        not torch.allclose(g, cut["embed"][n], atol=1e-6)
+        for n, g in rev["embed"].items() if n.startswith(("audio.", "vision."))
+    )
 
 
 def test_reconstruction_target_comes_from_the_clean_batch():
@@ -174,7 +193,7 @@ def test_masked_content_and_missing_modalities():
 def tiny_dataset() -> MSADataset:
     rng = np.random.default_rng(0)
 
-    def split(n):
+    def split(n, name):
         x, lens = {}, {}
         for m, d in DIMS.items():
             lens[m] = rng.integers(2, LENS[m] + 1, n)
@@ -182,9 +201,12 @@ def tiny_dataset() -> MSADataset:
             a[np.arange(LENS[m])[None] >= lens[m][:, None]] = 0
             x[m] = a
         sig = np.array([x["text"][i, : lens["text"][i], 0].mean() for i in range(n)])
-        return SplitData(x, lens, np.clip(3 * np.tanh(2 * sig), -3, 3), [str(i) for i in range(n)])
+        y = np.clip(3 * np.tanh(2 * sig), -3, 3)
+        return SplitData(x, lens, y, [f"{name}{i}" for i in range(n)])
 
-    return MSADataset("lnln-tiny", {"train": split(48), "valid": split(16), "test": split(16)})
+    return MSADataset(
+        "lnln-tiny", {"train": split(48, "tr"), "valid": split(16, "va"), "test": split(16, "te")}
+    )
 
 
 def test_short_training_run_through_the_engine(tmp_path):
@@ -199,7 +221,7 @@ def test_short_training_run_through_the_engine(tmp_path):
     logged = {k for r in rows for k, v in r.items() if v}
     assert {f"train/{k}" for k in ("completeness", "adversarial", "reconstruction", "pred")} <= logged
     # the engine applies the paper's training corruption by default
-    lit = LitMSA(create_model("lnln", DIMS, **TINY), TrainConfig(), 0, "mosi")
+    lit = LitMSA(create_model("lnln", DIMS, **TINY), TrainConfig(), 0, tiny_dataset())
     assert lit.corrupt is not None and lit.corrupt.spec == "frames:random"
 
 

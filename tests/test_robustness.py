@@ -20,7 +20,7 @@ from msakit.data.registry import DATASETS, DatasetEntry, register_dataset
 from msakit.evaluate.matrix import run_matrix
 from msakit.evaluate.robustness import parse_levels, resolve_runs, sweep
 from msakit.evaluate.tables import collect_results, format_results
-from msakit.models.base import ModelConfig, MSAModel, Output, register_model
+from msakit.models.base import MODELS, ModelConfig, ModelSpec, MSAModel, Output
 from msakit.train.engine import TrainConfig, evaluate_model, fit_seed
 
 NAME = "robust-tiny"
@@ -93,12 +93,12 @@ class ProbeConfig(ModelConfig):
 SEEN: list[tuple[int, list[str], torch.Tensor, dict]] = []
 
 
-@register_model("robust_probe", ProbeConfig)
 class Probe(MSAModel):
-    """Records what the training batches look like (test helper)."""
+    """Records what the training batches look like (test helper; registered only inside the
+    test that uses it, so tests that enumerate the registry never see it)."""
 
-    def __init__(self, dims, config):
-        super().__init__(dims, config)
+    def __init__(self, dims, config, n_classes=0):
+        super().__init__(dims, config, n_classes)
         self.lin = torch.nn.Linear(dims["text"], 1)
         self.epoch = -1
 
@@ -114,7 +114,13 @@ class Probe(MSAModel):
         return Output(self.lin(pooled).squeeze(-1))
 
 
-def test_engine_redraws_training_corruption_each_epoch(tmp_path):
+@pytest.fixture
+def probe_model():
+    with MODELS.temporarily("robust_probe", ModelSpec("robust_probe", Probe, ProbeConfig)):
+        yield
+
+
+def test_engine_redraws_training_corruption_each_epoch(tmp_path, probe_model):
     ds = tiny()
     SEEN.clear()
     fit_seed("robust_probe", ds, 3, tmp_path / "a", TrainConfig(epochs=3, corrupt="frames:random", patience=9))
@@ -264,7 +270,7 @@ def test_matrix_outputs(matrix_dir):
     assert set(df.protocol) == {"frames", "subset"}
     assert set(df[df.protocol == "subset"].level) == {"l", "av", "lav"}
     cfg = json.loads((matrix_dir / "runs" / "late_fusion__frames-random" / "seed_1" / "config.json").read_text())
-    assert cfg["train"]["corrupt"] == "frames:random" and cfg["overrides"]["d"] == "16"
+    assert cfg["train"]["corrupt"] == "frames:random" and cfg["overrides"]["d"] == 16
 
 
 def test_matrix_resumes_only_missing_work(matrix_dir, tmp_path):

@@ -11,10 +11,20 @@ from rich.console import Console
 from rich.table import Table
 
 app = typer.Typer(
-    add_completion=False, no_args_is_help=True, help=__doc__, pretty_exceptions_enable=False
+    add_completion=False, no_args_is_help=True, help=__doc__, pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain click errors: "Error: ..." lines, no boxes
 )
 # wide output when piped (CI logs, files); the terminal's width otherwise
 console = Console(width=None if sys.stdout.isatty() else 180)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 180)
+
+# options that take several values, typed as people do: --seeds 1111 1112 1113
+LIST_OPTIONS = {
+    "train": ("--seeds",),
+    "demo": ("--seeds",),
+    "matrix": ("--seeds", "--models", "--protocols", "--train-corrupt"),
+    "robustness": ("--run",),
+}
 
 DEFAULT_SEEDS = [1111, 1112, 1113]
 SHOW = ("acc2_non0", "f1_non0", "acc2_has0", "acc7", "mae", "corr")
@@ -22,12 +32,39 @@ SHOW = ("acc2_non0", "f1_non0", "acc2_has0", "acc7", "mae", "corr")
 
 def parse_sets(sets: list[str] | None) -> dict[str, str]:
     """``["lr=1e-3", "d=64"]`` -> ``{"lr": "1e-3", "d": "64"}`` (typed later by the config)."""
+    from msakit.errors import ConfigError
+
     out = {}
     for s in sets or []:
         k, sep, v = s.partition("=")
-        if not sep or not k:
-            raise typer.BadParameter(f"--set {s!r}: expected key=value")
+        if not sep or not k.strip():
+            raise ConfigError(f"--set {s!r}: expected key=value")
         out[k.strip()] = v.strip()
+    return out
+
+
+def expand_list_options(argv: list[str]) -> list[str]:
+    """``train --seeds 1 2 3`` -> ``train --seeds 1 --seeds 2 --seeds 3`` for the options in
+    :data:`LIST_OPTIONS` (also ``--seeds=1,2``); commas split values everywhere."""
+    cmd = next((a for a in argv if not a.startswith("-")), None)
+    opts = LIST_OPTIONS.get(cmd or "", ())
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        name, eq, val = a.partition("=")
+        if name in opts:
+            vals = [val] if eq else []
+            i += 1
+            while not eq and i < len(argv) and not argv[i].startswith("--"):
+                vals.append(argv[i])
+                i += 1
+            parts = [p for v in vals for p in v.split(",") if p.strip()] or [""]
+            for v in parts:
+                out += [name, v.strip()]
+            continue
+        out.append(a)
+        i += 1
     return out
 
 
@@ -55,19 +92,61 @@ def train(
     epochs: Annotated[int | None, typer.Option(help="maximum epochs")] = None,
     corrupt: Annotated[str | None, typer.Option(help="training corruption, e.g. frames:random")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="model config key=value")] = None,
-    progress: bool = False,
+    progress: Annotated[bool, typer.Option(help="Lightning's per-step progress bar")] = False,
+    verbose: Annotated[bool, typer.Option(help="show Lightning's own messages")] = False,
+    threads: Annotated[int | None, typer.Option(help="torch CPU threads (default: torch's)")] = None,
 ) -> None:
     """Train MODEL on DATASET for each seed; writes OUT/summary.json (mean and std over seeds)."""
     from msakit.train import train as train_fn
 
+    _threads(threads)
+    from msakit.models.base import make_config
+    from msakit.train.engine import TrainConfig
+
+    make_config(model, **parse_sets(set_))  # bad options fail before any data is read
+    if epochs is not None:
+        TrainConfig(epochs=epochs)
+    ds = _load(dataset)
+    from msakit.data.report import format_report, inspect_dataset
+
+    console.print(format_report(inspect_dataset(ds), short=True), markup=False, highlight=False)
     summary = train_fn(
-        model, dataset, out, seeds=seeds, epochs=epochs, corrupt=corrupt,
-        overrides=parse_sets(set_), progress=progress,
+        model, ds, out, seeds=seeds, epochs=epochs, corrupt=corrupt,
+        overrides=parse_sets(set_), progress=progress, verbose=verbose,
+        on_seed_start=lambda i, s: console.print(
+            f"[{i + 1}/{len(seeds)}] {model}, seed {s} -> {out / f'seed_{s}'}", markup=False
+        ),
     )
+    key = next((k for k in ("test", "valid") if k in summary), None)
+    shown = _shown(summary[key]) if key else SHOW
     rows = [(f"{model} {s}", summary[s]) for s in ("valid", "test")]
     rows += [(f"oracle {s}", summary["oracle"][s]) for s in ("test",) if "oracle" in summary]
-    console.print(summary_table(f"{model} on {dataset} ({len(seeds)} seeds)", rows))
-    console.print(f"wrote {out / 'summary.json'}")
+    n = len(summary["_meta"]["seeds"])
+    console.print(summary_table(f"{model} on {ds.name} ({n} seeds)", rows, shown))
+    console.print(f"wrote {out / 'summary.json'}", markup=False)
+
+
+def _threads(n: int | None) -> None:
+    if n is not None:
+        from msakit.errors import ConfigError
+
+        if n < 1:
+            raise ConfigError(f"--threads {n}: expected an integer >= 1")
+        import torch
+
+        torch.set_num_threads(n)
+
+
+def _load(dataset: str):
+    from msakit.data.registry import load_dataset
+
+    return load_dataset(dataset)
+
+
+def _shown(block: dict) -> tuple[str, ...]:
+    """The table columns for a metrics block: the MOSI six, or whatever the task reports."""
+    cols = tuple(m for m in SHOW if m in block)
+    return cols if len(cols) >= 3 else tuple(block)[:6]
 
 
 @app.command("eval")
@@ -82,7 +161,7 @@ def eval_(
 
     summary = evaluate_runs(run, dataset=dataset, protocol=corrupt, seed=seed)
     rows = [(s, summary[s]) for s in ("train", "valid", "test") if s in summary]
-    console.print(summary_table(f"{run}", rows))
+    console.print(summary_table(f"{run}", rows, _shown(summary["test"])))
     if "oracle" in summary:
         console.print(summary_table("oracle (same samples and masks)", [
             (s, summary["oracle"][s]) for s in ("valid", "test") if s in summary["oracle"]
@@ -92,21 +171,31 @@ def eval_(
 @app.command()
 def models() -> None:
     """List the registered models."""
-    from msakit.models import MODELS
+    from rich.markup import escape
+
+    from msakit.registry import scan_models
 
     t = Table(title="models")
     t.add_column("name")
     t.add_column("description")
-    for name, spec in MODELS.items():
-        t.add_row(name, spec.description)
+    for name, desc in scan_models():
+        t.add_row(name, escape(desc))
     console.print(t)
 
 
 @app.command()
 def datasets(
     verify: Annotated[bool, typer.Option(help="check each file's SHA-256")] = True,
+    inspect: Annotated[str | None, typer.Option(
+        help="report on one dataset (catalog name or path): sizes, presence, feature ranges, "
+             "labels, and warnings")] = None,
 ) -> None:
     """List every catalog dataset: modalities, dims, split sizes, whether its files are here."""
+    if inspect is not None:
+        from msakit.data.report import format_report, inspect_dataset
+
+        console.print(format_report(inspect_dataset(_load(inspect))), markup=False, highlight=False)
+        return
     from msakit.data.catalog import describe_all
 
     t = Table(title="datasets")
@@ -190,12 +279,12 @@ def robustness(
 @app.command()
 def matrix(
     dataset: Annotated[str, typer.Option(help="catalog name or file path")],
-    models: Annotated[str, typer.Option(help="comma-separated model names")],
+    models: Annotated[list[str], typer.Option(help="model names, e.g. --models late_fusion mult")],
     out: Annotated[Path, typer.Option(help="output folder (reused to resume)")],
-    protocols: Annotated[str, typer.Option(help="comma-separated protocols")] = "frames,modality,subset",
-    train_corrupt: Annotated[str, typer.Option(
+    protocols: Annotated[list[str], typer.Option(help="protocols, e.g. --protocols frames modality")] = ["frames", "modality", "subset"],  # noqa: B006
+    train_corrupt: Annotated[list[str], typer.Option(
         help="comma-separated training corruptions, 'none' for clean, 'default' for the model's own",
-    )] = "none",
+    )] = ["none"],  # noqa: B006
     seeds: Annotated[list[str], typer.Option(help="seeds, comma-separated or repeated")] = ["1111,1112,1113"],  # noqa: B006
     epochs: Annotated[int | None, typer.Option(help="maximum epochs")] = None,
     levels: Annotated[list[str] | None, typer.Option(
@@ -215,12 +304,16 @@ def matrix(
     for item in levels or []:
         p, sep, spec = item.partition("=")
         if not sep:
-            raise typer.BadParameter(f"--levels {item!r}: expected PROTOCOL=LEVELS")
+            from msakit.errors import ConfigError
+
+            raise ConfigError(f"--levels {item!r}: expected PROTOCOL=LEVELS")
         lv[p.strip()] = spec
     try:
         seed_list = [int(s) for s in _split_list(seeds)]
     except ValueError:
-        raise typer.BadParameter(f"--seeds {seeds}: expected integers") from None
+        from msakit.errors import ConfigError
+
+        raise ConfigError(f"--seeds {' '.join(seeds)}: expected integers") from None
     res = run_matrix(
         dataset, _split_list(models), out, protocols=_split_list(protocols),
         train_corrupt=_split_list(train_corrupt),
@@ -258,15 +351,17 @@ def results(
         typer.echo(text, nl=False)
 
 
-def main() -> None:
-    """Entry point: user errors print one clear line and exit 2, no traceback."""
-    import sys
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: msakit's own errors (bad input, bad options, unusable run folders) print one
+    line on stderr and exit 2; anything else is a bug and keeps its traceback."""
+    from msakit.errors import MsakitError
 
+    args = expand_list_options(list(sys.argv[1:] if argv is None else argv))
     try:
-        app()
-    except (KeyError, ValueError, FileNotFoundError, FileExistsError) as e:
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-        console.print(f"[red]error:[/red] {msg}")
+        app(args=args, prog_name="msakit")
+    except MsakitError as e:
+        msg = " ".join(str(e).split("\n")) or type(e).__name__
+        err_console.print(f"error: {msg}", markup=False, highlight=False, soft_wrap=True)
         sys.exit(2)
 
 

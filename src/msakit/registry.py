@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
+
+from msakit.errors import UnknownNameError
 
 T = TypeVar("T")
 
@@ -30,9 +33,18 @@ class Registry(Generic[T]):
         try:
             return self._items[name]
         except KeyError:
-            raise KeyError(
+            raise UnknownNameError(
                 f"unknown {self.kind} {name!r}; known: {', '.join(sorted(self._items))}"
             ) from None
+
+    @contextlib.contextmanager
+    def temporarily(self, name: str, item: T):
+        """Register ``item`` for the duration of a ``with`` block (tests, experiments)."""
+        self.register(name, item)
+        try:
+            yield item
+        finally:
+            self._items.pop(name, None)
 
     def __contains__(self, name: str) -> bool:
         return name in self._items
@@ -45,3 +57,29 @@ class Registry(Generic[T]):
 
 
 Factory = Callable[..., Any]
+
+
+def scan_models() -> list[tuple[str, str]]:
+    """(name, first docstring line) of every built-in model, read from the source files
+    without importing them (so ``msakit models`` does not load torch). A test checks that
+    this equals the live registry."""
+    import ast
+    from pathlib import Path
+
+    out = []
+    for path in sorted((Path(__file__).parent / "models").glob("*.py")):
+        if path.name.startswith("_") or path.name == "base.py":
+            continue
+        for node in ast.parse(path.read_text(encoding="utf-8")).body:
+            if not isinstance(node, ast.ClassDef):
+                continue
+            for dec in node.decorator_list:
+                if (
+                    isinstance(dec, ast.Call)
+                    and getattr(dec.func, "id", "") == "register_model"
+                    and dec.args
+                    and isinstance(dec.args[0], ast.Constant)
+                ):
+                    doc = (ast.get_docstring(node) or "").strip().splitlines()
+                    out.append((dec.args[0].value, doc[0] if doc else ""))
+    return sorted(out)

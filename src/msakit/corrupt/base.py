@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from msakit.data.batch import Batch
+from msakit.errors import ConfigError
 from msakit.registry import Registry
 
 
@@ -77,7 +78,7 @@ def parse_protocol(spec: str | None) -> Protocol | None:
     for part in spec.split("+"):
         name, sep, level = part.partition(":")
         if not sep:
-            raise ValueError(
+            raise ConfigError(
                 f"corruption {part!r}: expected NAME:LEVEL such as 'frames:0.3'; "
                 f"protocols: {', '.join(PROTOCOLS.names())}"
             )

@@ -55,6 +55,7 @@ import torch
 
 from msakit.corrupt.base import PROTOCOLS, Protocol
 from msakit.data.batch import MODALITIES, Batch, SplitData, parse_modalities
+from msakit.errors import ConfigError
 
 _M32 = 0xFFFFFFFF
 # stream tags keep the draws of different decisions independent of one another
@@ -122,7 +123,7 @@ def _rate(text: str, what: str, lo: float = 0.0, hi: float = 1.0, hi_open: bool 
     ok = lo <= v < hi if hi_open else lo <= v <= hi
     if not ok:
         right = ")" if hi_open else "]"
-        raise ValueError(f"{what}: level {text!r} must be a number in [{lo:g}, {hi:g}{right}")
+        raise ConfigError(f"{what}: level {text!r} must be a number in [{lo:g}, {hi:g}{right}")
     return v
 
 
@@ -133,14 +134,14 @@ def _split_options(name: str, level: str, allowed: tuple[str, ...]) -> tuple[str
     for o in opts:
         k, sep, v = o.partition("=")
         if not sep or k not in allowed:
-            raise ValueError(
+            raise ConfigError(
                 f"protocol {name}: option {o!r} not understood; expected KEY=INT with KEY in "
                 f"{allowed}, e.g. '{name}:0.3:unk=100'"
             )
         try:
             out[k] = int(v)
         except ValueError:
-            raise ValueError(f"protocol {name}: option {k}={v!r} must be an integer token id") from None
+            raise ConfigError(f"protocol {name}: option {k}={v!r} must be an integer token id") from None
     return head.strip(), out
 
 
@@ -288,14 +289,14 @@ class Subset(MaskProtocol):
         self.random = self.value == "random"
         if not self.random:
             if not self.value:
-                raise ValueError("protocol subset: level is empty; expected e.g. 'la' or 'random'")
+                raise ConfigError("protocol subset: level is empty; expected e.g. 'la' or 'random'")
             self.keep = parse_modalities(self.value)
 
     def apply(self, batch: Batch, seed: int) -> Batch:
         if not self.random:
             unknown = [m for m in self.keep if m not in batch.modalities]
             if unknown:
-                raise ValueError(
+                raise ConfigError(
                     f"protocol subset:{self.value}: the data has no modality {unknown}; "
                     f"it has {list(batch.modalities)}"
                 )
@@ -393,13 +394,13 @@ class Domain(Protocol):
         self.source_spec = [s.strip() for s in src.split(",") if s.strip()]
         self.target_spec = [s.strip() for s in tgt.split(",") if s.strip()]
         if not arrow or not self.source_spec or not self.target_spec:
-            raise ValueError(
+            raise ConfigError(
                 f"protocol domain: level {level!r} must look like 'A->B' or 'A,B->C' "
                 f"(source domains -> target domains)"
             )
         overlap = set(self.source_spec) & set(self.target_spec)
         if overlap:
-            raise ValueError(f"protocol domain:{level}: {sorted(overlap)} is both source and target")
+            raise ConfigError(f"protocol domain:{level}: {sorted(overlap)} is both source and target")
         self.names = list(names) if names is not None else None
 
     def _resolve(self, tokens: list[str]) -> list[int]:
@@ -413,7 +414,7 @@ class Domain(Protocol):
                 known = f"; known domains: {self.names}" if self.names is not None else (
                     "; pass names=dataset.info['domains'] to use names"
                 )
-                raise ValueError(f"protocol domain:{self.level}: unknown domain {t!r}{known}")
+                raise ConfigError(f"protocol domain:{self.level}: unknown domain {t!r}{known}")
         return out
 
     @property
@@ -427,9 +428,9 @@ class Domain(Protocol):
     def rows(self, domain, role: str = "target"):
         """Bool mask over samples (same type as ``domain``: tensor or array) of ``role``."""
         if role not in ("source", "target"):
-            raise ValueError(f"role must be 'source' or 'target', got {role!r}")
+            raise ConfigError(f"role must be 'source' or 'target', got {role!r}")
         if domain is None:
-            raise ValueError(
+            raise ConfigError(
                 f"protocol domain:{self.level}: the data carries no domain labels "
                 f"(Batch.domain / SplitData.domain is None)"
             )

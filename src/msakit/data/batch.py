@@ -13,11 +13,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from msakit.errors import ConfigError, DataError
+
 MODALITIES = ("text", "audio", "vision")
 SHORT = {"l": "text", "t": "text", "a": "audio", "v": "vision"}
 
 
-@dataclass
+@dataclass(repr=False)
 class SplitData:
     """One split of a dataset, stored padded.
 
@@ -42,24 +44,62 @@ class SplitData:
     raw_text: list[str] | None = None
 
     def __post_init__(self) -> None:
+        try:
+            self.y = np.asarray(self.y, dtype=np.float32).reshape(-1)
+        except (TypeError, ValueError) as e:
+            raise DataError(f"SplitData: labels y must be numbers ({e})") from None
         n = len(self.y)
-        self.y = np.asarray(self.y, dtype=np.float32).reshape(n)
         self.ids = [str(i) for i in self.ids]
         if len(self.ids) != n:
-            raise ValueError(f"SplitData: {len(self.ids)} ids for {n} labels")
+            raise DataError(f"SplitData: {len(self.ids)} ids for {n} labels")
+        if self.present is not None and set(self.present) != set(self.x):
+            raise DataError(
+                f"SplitData: present has {sorted(self.present)}, x has {sorted(self.x)}")
         for m, arr in self.x.items():
+            if m not in self.lengths:
+                raise DataError(f"SplitData: x has modality {m!r} but lengths does not")
+            arr = np.asarray(arr)
             if arr.ndim != 3 or arr.shape[0] != n:
-                raise ValueError(f"SplitData: x[{m!r}] must be (N={n}, L, D), got {arr.shape}")
+                raise DataError(f"SplitData: x[{m!r}] must be (N={n}, L, D), got {arr.shape}")
+            if arr.dtype.kind not in "biuf":
+                raise DataError(f"SplitData: x[{m!r}] must be numeric, got dtype {arr.dtype}")
             self.x[m] = np.ascontiguousarray(arr, dtype=np.float32)
-            lens = np.asarray(self.lengths[m], dtype=np.int64)
-            if lens.shape != (n,) or (lens < 0).any() or (lens > arr.shape[1]).any():
-                raise ValueError(
-                    f"SplitData: lengths[{m!r}] must be (N,) in [0, {arr.shape[1]}], got {lens}"
+            lens = np.asarray(self.lengths[m])
+            whole = lens.dtype.kind in "biu" or lens.dtype.kind == "f" and bool(
+                (np.isfinite(lens) & (lens == np.round(lens))).all())
+            if lens.shape != (n,) or not whole:
+                raise DataError(f"SplitData: lengths[{m!r}] must be (N={n},) integers, got "
+                                f"shape {lens.shape} dtype {lens.dtype}")
+            lens = lens.astype(np.int64)
+            bad = (lens < 0) | (lens > arr.shape[1])
+            if bad.any():
+                i = int(np.flatnonzero(bad)[0])
+                raise DataError(
+                    f"SplitData: lengths[{m!r}] must lie in [0, {arr.shape[1]}] (the padded "
+                    f"length); {int(bad.sum())} do not, the first is {lens[i]} at index {i} "
+                    f"(id {self.ids[i]!r})"
                 )
             self.lengths[m] = lens
         if self.present is None:
             self.present = {m: self.lengths[m] > 0 for m in self.x}
-        self.present = {m: np.asarray(p, dtype=bool) for m, p in self.present.items()}
+        self.present = {m: np.asarray(p, dtype=bool).reshape(-1) for m, p in self.present.items()}
+        if self.y_m is not None:
+            self.y_m = {m: np.asarray(v, dtype=np.float32).reshape(-1) for m, v in self.y_m.items()}
+        if self.domain is not None:
+            self.domain = np.asarray(self.domain, dtype=np.int64).reshape(-1)
+        for name in ("present", "y_m"):
+            for m, v in (getattr(self, name) or {}).items():
+                if v.shape != (n,):
+                    raise DataError(
+                        f"SplitData: {name}[{m!r}] must have N={n} entries, got {v.shape}")
+        for name in ("text_ids", "text_ids_mask", "domain"):
+            v = getattr(self, name)
+            if v is not None and len(v) != n:
+                raise DataError(f"SplitData: {name} must have N={n} rows, got {len(v)}")
+
+    def __repr__(self) -> str:
+        mods = ", ".join(f"{m} {a.shape[1]}x{a.shape[2]}" for m, a in self.x.items())
+        return f"SplitData(n={len(self)}, {mods})"
 
     def __len__(self) -> int:
         return len(self.y)
@@ -189,7 +229,7 @@ def parse_modalities(spec: str) -> tuple[str, ...]:
         elif all(c in SHORT for c in p):
             out.extend(SHORT[c] for c in p)
         else:
-            raise ValueError(
+            raise ConfigError(
                 f"modality subset {spec!r}: expected letters from 'l','a','v' or names "
                 f"{MODALITIES}"
             )

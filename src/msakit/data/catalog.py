@@ -3,7 +3,7 @@
 Real data is never shipped with msakit. A dataset's files are looked for, with their relative
 paths, under each root of :func:`msakit.data.registry.shared_data_candidates` ($MSAKIT_DATA,
 a ``shared/data`` folder beside the checkout, then the user cache dir). Loaders call
-:func:`require_files` first: absent files raise :class:`FileNotFoundError` saying what to
+:func:`require_files` first: absent files raise :class:`MissingDataError` saying what to
 download, from where and where to put it; a file whose SHA-256 differs from the pinned one
 raises :class:`ChecksumError` naming it. :func:`describe_all` is what ``msakit datasets`` prints.
 
@@ -20,6 +20,7 @@ from pathlib import Path
 
 from msakit.data import registry
 from msakit.data.registry import DatasetEntry
+from msakit.errors import DataError, MissingDataError
 
 # SHA-256 of the public files msakit knows, relative to a data root (computed from the
 # unchanged copies in shared/data; see its README for where each comes from).
@@ -37,13 +38,22 @@ SHA256: dict[str, str] = {
     "mosi-bclstm/video/video_test0.csv": "cab836253d81100f59d533fa2ff65cd53c486be3ec9fd82203c5e25a7a77265f",
     "mosi-text/label.csv": "74c52aba8884cca3f77962310c41f31d3d6250c4e4b50fd77fd4efe4eb75a521",
     "mosei-text/label.csv": "74a195945e28c1bbc45b6d279a99655d163f33d2c28b0c723ddba87bfbb97bfa",
+    "mfn-mmmo/audio_train.h5": "4c37e59d75bf1fe17baf6d607e4e7eef228b9b16a145f64c9624d2fc8fcb1666",
+    "mfn-mmmo/audio_valid.h5": "37b39911ee143d712e36d1fcba5b41400d2b40bef9de3da419de7344486eb8e9",
+    "mfn-mmmo/audio_test.h5": "1d701dc193b3e4404e35b97165fd33af19aff50d193a744488ec4c87ea0d6c44",
+    "mfn-mmmo/video_train.h5": "2b7d7d442c1ef7aae0c06d19a845baeb5f8685ee844900f30d6cce643da42452",
+    "mfn-mmmo/video_valid.h5": "43a44a63e369bca2fc86c54fa42d9b3b30c03657b8f7287bdae60341f4767d8c",
+    "mfn-mmmo/video_test.h5": "d0bfeb4a0ca249ac766b9c426146e4765b783463112e78665231a82c7b02f176",
+    "mfn-mmmo/y_train.h5": "872872ba80f2076a2f5287ace2e3cb72dff7abaa01e1906073c1d50a15a84d6e",
+    "mfn-mmmo/y_valid.h5": "e164e98d53b01e558af6eb232fdc0ca8660f8bd3e76469ca12bef124688a4c8f",
+    "mfn-mmmo/y_test.h5": "17a83a344f15fc751bf10a052ade48d0944959052b30f33bc2c5216a31ea59ee",
 }
 
 # name -> summary(root: Path | None) -> {"dims": {m: D}, "sizes": {split: N}}; must be cheap.
 SUMMARIES: dict[str, Callable[[Path | None], dict]] = {}
 
 
-class ChecksumError(ValueError):
+class ChecksumError(DataError):
     """A dataset file exists but its SHA-256 differs from the pinned one."""
 
 
@@ -109,7 +119,7 @@ def file_status(entry: DatasetEntry, root: Path, verify: bool = True) -> str:
 def require_files(entry: DatasetEntry | str, root: str | os.PathLike, verify: bool = True) -> Path:
     """Check that ``entry``'s files are under ``root`` (and match their SHA-256); return root.
 
-    Raises FileNotFoundError (what to download, from where, where to put it) or ChecksumError.
+    Raises MissingDataError (what to download, from where, where to put it) or ChecksumError.
     """
     if isinstance(entry, str):
         entry = registry.DATASETS.get(entry)
@@ -117,7 +127,7 @@ def require_files(entry: DatasetEntry | str, root: str | os.PathLike, verify: bo
     missing = [f for f in entry.files if not (root / f).is_file()]
     if missing:
         extra = "" if root in registry.shared_data_candidates() else f", {root}"
-        raise FileNotFoundError(how_to_get(entry, missing) + extra)
+        raise MissingDataError(how_to_get(entry, missing) + extra)
     if verify:
         for f, sha in entry.files.items():
             if sha is not None and (got := sha256_file(root / f)) != sha:

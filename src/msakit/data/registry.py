@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from msakit.data.dataset import MSADataset
+from msakit.errors import DataError, UnknownNameError
 from msakit.registry import Registry
 
 
@@ -85,11 +86,11 @@ def load_dataset(name_or_path: str | os.PathLike, **kw) -> MSADataset:
         for pred, loader in PATH_LOADERS:
             if pred(p):
                 return loader(p, **kw)
-        raise ValueError(
+        raise DataError(
             f"--dataset {key!r}: no reader recognises this file; expected an MMSA pickle "
             f"(*.pkl), a CMU-MultimodalSDK folder of .csd files, or a label.csv"
         )
-    raise KeyError(
+    raise UnknownNameError(
         f"--dataset {key!r} is neither a catalog name nor an existing path; "
         f"catalog: {', '.join(DATASETS.names())}"
     )

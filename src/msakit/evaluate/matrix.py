@@ -26,6 +26,7 @@ import pandas as pd
 
 from msakit.data.dataset import MSADataset
 from msakit.data.registry import load_dataset
+from msakit.errors import ConfigError
 from msakit.evaluate.robustness import (
     PLOT_METRICS,
     SUMMARY_COLUMNS,
@@ -63,10 +64,10 @@ def parse_overrides(sets: Sequence[str] | dict | None, models: Sequence[str]) ->
     for s in sets or []:
         k, sep, v = s.partition("=")
         if not sep or not k:
-            raise ValueError(f"--set {s!r}: expected key=value or model.key=value")
+            raise ConfigError(f"--set {s!r}: expected key=value or model.key=value")
         model, dot, key = k.strip().rpartition(".")
         if dot and model not in out:
-            raise ValueError(f"--set {s!r}: model {model!r} is not in --models {list(models)}")
+            raise ConfigError(f"--set {s!r}: model {model!r} is not in --models {list(models)}")
         for m in ([model] if dot else models):
             out[m][key] = v.strip()
     return out
@@ -104,14 +105,14 @@ def run_matrix(
     out = Path(out)
     models = list(models)
     if not models or not protocols or not seeds:
-        raise ValueError("matrix: --models, --protocols and --seeds must each name at least one")
+        raise ConfigError("matrix: --models, --protocols and --seeds must each name at least one")
     ds = dataset if isinstance(dataset, MSADataset) else load_dataset(dataset)
     lv = {p: parse_levels((levels or {}).get(p), p) for p in protocols}
     per_model = parse_overrides(overrides, models)
     corrupts = [corrupt_label(c) for c in train_corrupt]
     tags = [corrupt_tag(c) for c in corrupts]
     if len(set(tags)) < len(tags):
-        raise ValueError(f"--train-corrupt {list(train_corrupt)}: duplicates")
+        raise ConfigError(f"--train-corrupt {list(train_corrupt)}: duplicates")
 
     runs: list[tuple[str, Path]] = []
     for model in models:

@@ -37,11 +37,11 @@ from msakit.corrupt import parse_protocol
 from msakit.data.batch import collate
 from msakit.data.dataset import MSADataset
 from msakit.data.registry import load_dataset
-from msakit.evaluate.metrics import metrics_for
+from msakit.errors import ConfigError
 from msakit.evaluate.plots import plot_sweep
 from msakit.evaluate.runs import seed_dirs
 from msakit.evaluate.tables import sweep_latex, sweep_markdown, write_text
-from msakit.train.engine import load_run_model, write_json
+from msakit.train.engine import dataset_metrics, load_run_model, write_json
 
 DEFAULT_LEVELS: dict[str, list[str]] = {
     "frames": [f"{i / 10:g}" for i in range(10)],
@@ -62,7 +62,7 @@ def _num(s: str, what: str) -> float:
     try:
         return float(s)
     except ValueError:
-        raise ValueError(f"--levels: {s!r} in {what!r} is not a number") from None
+        raise ConfigError(f"--levels: {s!r} in {what!r} is not a number") from None
 
 
 def _fmt(v: float) -> str:
@@ -75,24 +75,24 @@ def parse_levels(spec: str | Sequence[str] | None, protocol: str) -> list[str]:
     name = protocol.split(":")[0]
     if spec is None or (isinstance(spec, str) and not spec.strip()):
         if name not in DEFAULT_LEVELS:
-            raise ValueError(f"--levels: protocol {name!r} has no default levels; give --levels")
+            raise ConfigError(f"--levels: protocol {name!r} has no default levels; give --levels")
         return list(DEFAULT_LEVELS[name])
     parts = [p.strip() for p in (spec.split(",") if isinstance(spec, str) else spec) if str(p).strip()]
     out: list[str] = []
     for i, p in enumerate(parts):
         if p in ("...", "…"):
             if i < 2 or i + 1 >= len(parts):
-                raise ValueError(f"--levels {spec!r}: '...' needs two levels before it and one after")
+                raise ConfigError(f"--levels {spec!r}: '...' needs two levels before it and one after")
             a, b, stop = _num(parts[i - 2], spec), _num(parts[i - 1], spec), _num(parts[i + 1], spec)
             step = b - a
             if step <= 0:
-                raise ValueError(f"--levels {spec!r}: levels before '...' must increase")
+                raise ConfigError(f"--levels {spec!r}: levels before '...' must increase")
             n = int(round((stop - b) / step))
             out += [_fmt(b + k * step) for k in range(1, n)]
         elif p.count(":") == 2 and name != "subset":
             a, b, s = (_num(q, spec) for q in p.split(":"))
             if s <= 0 or b < a:
-                raise ValueError(f"--levels {p!r}: expected start:stop:step with step > 0, stop >= start")
+                raise ConfigError(f"--levels {p!r}: expected start:stop:step with step > 0, stop >= start")
             n = int(round((b - a) / s))
             out += [_fmt(a + k * s) for k in range(n + 1)]
         elif name == "subset":
@@ -101,7 +101,7 @@ def parse_levels(spec: str | Sequence[str] | None, protocol: str) -> list[str]:
             out.append(_fmt(_num(p, spec)))
     out = list(dict.fromkeys(out))
     if not out:
-        raise ValueError(f"--levels {spec!r}: no levels")
+        raise ConfigError(f"--levels {spec!r}: no levels")
     for lv in out:  # fail early with the protocol's own message
         parse_protocol(protocol_spec(protocol, lv))
     return out
@@ -139,13 +139,13 @@ def resolve_runs(runs: Sequence[str | os.PathLike | tuple[str, str | os.PathLike
         cfgs = [json.loads((d / "config.json").read_text()) for d in dirs]
         models = {c["model"] for c in cfgs}
         if len(models) > 1:
-            raise ValueError(f"--run {path}: seeds of different models {sorted(models)}")
+            raise ConfigError(f"--run {path}: seeds of different models {sorted(models)}")
         groups.append(RunGroup(
             label or "", path, dirs, cfgs[0]["model"], cfgs[0]["dataset"],
             (cfgs[0].get("train") or {}).get("corrupt"), cfgs,
         ))
     if len({g.path.resolve() for g in groups}) < len(groups):
-        raise ValueError("--run: the same run folder is given twice")
+        raise ConfigError("--run: the same run folder is given twice")
     auto = [g for g in groups if not g.label]
     for g in auto:
         g.label = g.model
@@ -158,7 +158,7 @@ def resolve_runs(runs: Sequence[str | os.PathLike | tuple[str, str | os.PathLike
                 g.label = namer(g)
     labels = [g.label for g in groups]
     if len(set(labels)) < len(labels) or "oracle" in labels:
-        raise ValueError(f"--run: model labels must be unique and not 'oracle', got {labels}")
+        raise ConfigError(f"--run: model labels must be unique and not 'oracle', got {labels}")
     return groups
 
 
@@ -223,22 +223,22 @@ def sweep(
     else:
         names = {g.dataset for g in groups}
         if dataset is None and len(names) > 1:
-            raise ValueError(
+            raise ConfigError(
                 f"--run: the runs were trained on different datasets {sorted(names)}; "
                 f"pass --dataset to evaluate them on one"
             )
         ds = load_dataset(dataset if dataset is not None else groups[0].dataset)
     if split not in ds.splits:
-        raise ValueError(f"--split {split!r}: dataset {ds.name!r} has {list(ds.splits)}")
+        raise ConfigError(f"--split {split!r}: dataset {ds.name!r} has {list(ds.splits)}")
     sd = ds.splits[split]
-    fn = metrics_for(ds.label_scale)
+    fn = dataset_metrics(ds)
     device = torch.device(device)
     models = []  # (label, seed, model)
     for g in groups:
         for d, cfg in zip(g.seeds, g.configs, strict=True):
-            model, _ = load_run_model(d)
+            model, _ = load_run_model(d, ds)
             if model.dims != ds.dims:
-                raise ValueError(f"--run {d}: trained on dims {model.dims}, dataset {ds.name!r} has {ds.dims}")
+                raise ConfigError(f"--run {d}: trained on dims {model.dims}, dataset {ds.name!r} has {ds.dims}")
             models.append((g.label, str(cfg.get("seed", d.name)), model.to(device).eval()))
     use_oracle = oracle and ds.oracle is not None
     t = {"collate": 0.0, "corrupt": 0.0, "forward": 0.0, "oracle": 0.0, "metrics": 0.0}
@@ -277,7 +277,7 @@ def sweep(
             for lab, s, p in outs:
                 bad = int((~np.isfinite(p)).sum())
                 if bad:
-                    raise ValueError(f"model {lab} (seed {s}) predicted {bad} non-finite values "
+                    raise ConfigError(f"model {lab} (seed {s}) predicted {bad} non-finite values "
                                      f"under {protocol_spec(protocol, level)}")
                 for metric, v in fn(p, y).items():
                     records.append({"model": lab, "protocol": name, "level": level, "seed": s,
@@ -312,7 +312,7 @@ def write_sweep(
     plot_metrics = list(plot_metrics or PLOT_METRICS[scale])
     unknown = sorted(set(table_metrics + plot_metrics) - set(res.summary.metric))
     if unknown:
-        raise ValueError(f"--metrics {unknown}: unknown; available: {sorted(set(res.summary.metric))}")
+        raise ConfigError(f"--metrics {unknown}: unknown; available: {sorted(set(res.summary.metric))}")
     m = res.meta
     title = title or f"{m['protocol'].split(':')[0]} sweep on {m['dataset']} ({m['split']})"
     paths = {k: out / f"robustness{s}" for k, s in (

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 from msakit.corrupt import parse_protocol
 from msakit.data.registry import load_dataset
+from msakit.errors import ConfigError, MissingDataError
 from msakit.train.api import summarize
 from msakit.train.engine import evaluate_model, load_run_model
 
@@ -18,7 +20,7 @@ def seed_dirs(run: str | os.PathLike) -> list[Path]:
         return [run]
     dirs = sorted(d for d in run.glob("seed_*") if (d / "model.pt").exists())
     if not dirs:
-        raise FileNotFoundError(
+        raise MissingDataError(
             f"--run {run}: no finished run here (expected model.pt, or seed_*/model.pt)"
         )
     return dirs
@@ -31,9 +33,11 @@ def evaluate_runs(
     per_seed, cache = [], {}
     prot = parse_protocol(protocol)
     for d in seed_dirs(run):
-        model, cfg = load_run_model(d)
-        name = dataset or cfg["dataset"]
+        name = dataset or json.loads((d / "config.json").read_text())["dataset"]
         if name not in cache:
             cache[name] = load_dataset(name)
+        model, cfg = load_run_model(d, cache[name])
+        if model.dims != cache[name].dims:
+            raise ConfigError(f"--dataset {name}: dims {cache[name].dims}, {d} was trained on {model.dims}")
         per_seed.append(evaluate_model(model, cache[name], protocol=prot, seed=seed))
     return summarize(per_seed)

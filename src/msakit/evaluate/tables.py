@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from msakit.errors import ConfigError, MissingDataError
+
 LOWER_IS_BETTER = ("mae",)
 
 
@@ -178,7 +180,7 @@ def find_runs(dirs: Sequence[str | os.PathLike]) -> list[Path]:
     for d in dirs:
         d = Path(d)
         if not d.exists():
-            raise FileNotFoundError(f"results: {d} does not exist")
+            raise MissingDataError(f"results: {d} does not exist")
         cands = {p.parent for p in d.rglob("metrics.json")} | {p.parent for p in d.rglob("summary.json")}
         if (d / "metrics.json").exists() or (d / "summary.json").exists():
             cands.add(d)
@@ -187,7 +189,7 @@ def find_runs(dirs: Sequence[str | os.PathLike]) -> list[Path]:
             runs.add(c.parent if c.name.startswith("seed_") and c != d else c)
         found += sorted(runs)
     if not found:
-        raise FileNotFoundError(
+        raise MissingDataError(
             f"results: no run folders under {[str(d) for d in dirs]} (expected summary.json or "
             f"seed_*/metrics.json, as msakit train writes)"
         )
@@ -209,7 +211,7 @@ def collect_results(
     dataset (the clean oracle is the same for every run of a dataset)."""
     bad = [g for g in group_by if g not in GROUP_KEYS]
     if bad or not group_by:
-        raise ValueError(f"--group-by {list(group_by)}: expected names from {GROUP_KEYS}")
+        raise ConfigError(f"--group-by {list(group_by)}: expected names from {GROUP_KEYS}")
     runs = find_runs(dirs)
     common = os.path.commonpath([str(r) for r in runs]) if len(runs) > 1 else str(runs[0].parent)
     rows, oracle_rows = [], {}
@@ -217,7 +219,7 @@ def collect_results(
         label = os.path.relpath(run, common) if len(runs) > 1 else run.name
         for rec in _seed_records(run):
             if split not in rec["metrics"]:
-                raise ValueError(f"results: {run} has no split {split!r}; it has {sorted(rec['metrics'])}")
+                raise ConfigError(f"results: {run} has no split {split!r}; it has {sorted(rec['metrics'])}")
             base = {"run": label, "model": rec["model"], "dataset": rec["dataset"], "corrupt": rec["corrupt"]}
             rows.append({**base, "seed": rec["seed"], **rec["metrics"][split]})
             okey = f"oracle/{split}"
@@ -253,12 +255,12 @@ def format_results(df: pd.DataFrame, fmt: str = "md", metrics: Sequence[str] | N
     metrics = list(metrics) if metrics else avail
     missing = [m for m in metrics if m not in avail]
     if missing:
-        raise ValueError(f"--metrics {missing}: not in the results; available: {avail}")
+        raise ConfigError(f"--metrics {missing}: not in the results; available: {avail}")
     if fmt == "csv":
         cols = keys + [f"{m}_{s}" for m in metrics for s in ("mean", "std")]
         return df[cols].to_csv(index=False, float_format="%.10g", lineterminator="\n")
     if fmt not in ("md", "latex"):
-        raise ValueError(f"--format {fmt!r}: expected md, csv or latex")
+        raise ConfigError(f"--format {fmt!r}: expected md, csv or latex")
     tex = fmt == "latex"
     header = keys + list(metrics)
     rows = []

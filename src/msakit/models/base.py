@@ -13,13 +13,18 @@ same function.
 from __future__ import annotations
 
 import dataclasses
+import math
+import types
+import typing
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
+import numpy as np
 import torch
 from torch import nn
 
 from msakit.data.batch import MODALITIES, Batch
+from msakit.errors import ConfigError
 from msakit.registry import Registry
 
 
@@ -39,29 +44,110 @@ class ModelConfig:
     weight_decay: float = 0.0
     batch_size: int = 32
     grad_clip: float = 0.0
-    loss: str = "l1"  # "l1" or "mse" for the sentiment regression term
+    loss: str = "l1"  # "l1" or "mse" for the sentiment regression term (classification: CE)
+    # input normalisation: "auto" z-scores every feature with statistics of the training
+    # split's observed steps unless the dataset says its features are already standardised;
+    # "zscore" always, "none" never. The statistics are buffers of the model (saved in
+    # model.pt), so evaluation, sweeps and prediction apply exactly what training used.
+    normalize: str = "auto"
     # training corruption the method's paper uses (e.g. "frames:random"); the engine applies it
     # unless the user passes --corrupt (then the user's choice wins; "none" disables it)
     default_corrupt: str | None = None
 
+    # allowed values of str fields; subclasses extend it with their own
+    CHOICES: ClassVar[dict[str, tuple]] = {
+        "loss": ("l1", "mse"),
+        "normalize": ("auto", "zscore", "none"),
+    }
+
+    def check(self) -> None:
+        """Model-specific cross-field checks (e.g. ``d`` divisible by ``heads``); raise
+        :class:`ConfigError`. Ranges and CHOICES are checked by :func:`validate_config`."""
+
 
 class MSAModel(nn.Module):
     """Base class. Subclasses set ``config`` and implement ``forward``; ``loss`` defaults to
-    the regression loss on ``pred``."""
+    the task loss on ``pred``.
+
+    Task: with ``n_classes == 0`` the model regresses, ``pred`` is (B,); with ``n_classes = K``
+    it classifies, ``pred`` is (B, K) logits and ``batch.y`` holds class indices. Heads are
+    built with ``self.out_dim`` outputs and finished with :meth:`head_output`;
+    :meth:`regression_loss` is the task loss (L1/MSE, or cross-entropy for classification).
+
+    Inputs are z-scored by buffers fitted with :meth:`fit_normalizer` (a forward pre-hook), so
+    every forward pass sees the same scales whatever code path calls the model.
+    """
 
     config: ModelConfig
 
-    def __init__(self, dims: dict[str, int], config: ModelConfig) -> None:
+    def __init__(self, dims: dict[str, int], config: ModelConfig, n_classes: int = 0) -> None:
         super().__init__()
         # canonical order (text, audio, vision, then others), whatever order dims came in
         order = {m: i for i, m in enumerate(MODALITIES)}
         self.dims = {m: int(dims[m]) for m in sorted(dims, key=lambda m: (order.get(m, 99), m))}
         self.config = config
+        if n_classes == 1 or n_classes < 0:
+            raise ConfigError(f"n_classes={n_classes}: expected 0 (regression) or >= 2")
+        self.n_classes = int(n_classes)
+        self.out_dim = max(1, self.n_classes)
+        self.register_buffer("norm_on", torch.zeros((), dtype=torch.bool))
+        for m, d in self.dims.items():
+            self.register_buffer(f"norm_mean_{m}", torch.zeros(d))
+            self.register_buffer(f"norm_std_{m}", torch.ones(d))
+        self.register_forward_pre_hook(_normalize_inputs)
+
+    @torch.no_grad()
+    def fit_normalizer(self, split: Any) -> None:
+        """Per-feature mean/std over the observed steps of ``split`` (a SplitData; padding,
+        missing steps and absent modalities excluded); constant features keep std 1."""
+        for m in self.dims:
+            x = split.x[m]
+            obs = (np.arange(x.shape[1])[None, :] < split.lengths[m][:, None]) & split.present[
+                m
+            ][:, None]
+            v = x[obs].astype(np.float64)
+            mean = v.mean(0) if len(v) else np.zeros(x.shape[2])
+            std = v.std(0) if len(v) > 1 else np.ones(x.shape[2])
+            std = np.where(std > 1e-8 * np.maximum(1.0, np.abs(mean)), std, 1.0)
+            getattr(self, f"norm_mean_{m}").copy_(torch.from_numpy(mean))
+            getattr(self, f"norm_std_{m}").copy_(torch.from_numpy(std))
+        self.norm_on.fill_(True)
+
+    def normalize_batch(self, b: Batch) -> Batch:
+        """``b`` with observed steps z-scored by the fitted statistics (also the clean copy in
+        ``extra["clean"]`` that losses read). Idempotent: a normalised batch is marked."""
+        if not bool(self.norm_on) or b.extra.get("normalized"):
+            return b
+
+        def z(x, mask, present):
+            out = dict(x)
+            for m in self.dims:
+                if m in out:
+                    obs = (mask[m] & present[m][:, None])[..., None]
+                    mean = getattr(self, f"norm_mean_{m}").to(out[m].dtype)
+                    std = getattr(self, f"norm_std_{m}").to(out[m].dtype)
+                    out[m] = torch.where(obs, (out[m] - mean) / std, torch.zeros_like(out[m]))
+            return out
+
+        extra = {**b.extra, "normalized": True}
+        clean = extra.get("clean")
+        if isinstance(clean, dict) and "x" in clean:
+            extra["clean"] = {**clean, "x": z(clean["x"], clean["mask"], clean["present"])}
+        return b.replace(x=z(b.x, b.mask, b.present), extra=extra)
+
+    def head_output(self, t: torch.Tensor) -> torch.Tensor:
+        """(B, out_dim) head output -> ``pred``: (B,) for regression, (B, K) logits otherwise."""
+        return t.squeeze(-1) if self.n_classes == 0 else t
 
     def regression_loss(self, pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The task loss: L1 (or MSE) on scalars, cross-entropy on logits for classification."""
+        if self.n_classes:
+            return nn.functional.cross_entropy(pred, y.long())
         if self.config.loss == "mse":
             return nn.functional.mse_loss(pred, y)
         return nn.functional.l1_loss(pred, y)
+
+    task_loss = regression_loss
 
     def loss(self, out: Output, batch: Batch) -> dict[str, torch.Tensor]:
         reg = self.regression_loss(out.pred, batch.y)
@@ -76,6 +162,13 @@ class MSAModel(nn.Module):
 
     def param_groups(self) -> list[dict]:
         return [{"params": [p for p in self.parameters() if p.requires_grad]}]
+
+
+def _normalize_inputs(model: MSAModel, args: tuple) -> tuple | None:
+    """Forward pre-hook: the batch z-scored with the model's statistics (see normalize_batch)."""
+    if not args or not isinstance(args[0], Batch):
+        return None
+    return (model.normalize_batch(args[0]), *args[1:])
 
 
 @dataclass
@@ -100,36 +193,97 @@ def register_model(name: str, config_cls: type[ModelConfig]):
     return deco
 
 
-def _coerce(value: Any, typ: Any, key: str) -> Any:
-    """Turn a ``--set key=value`` string into the config field's type."""
-    if not isinstance(value, str):
-        return value
-    t = typ if isinstance(typ, type) else str(typ)
-    try:
-        if t in (bool, "bool"):
-            if value.lower() in ("1", "true", "yes"):
-                return True
-            if value.lower() in ("0", "false", "no"):
-                return False
-            raise ValueError
-        if t in (int, "int"):
+_POSITIVE_INT_EXEMPT = ("layers", "depth", "stages")  # may be 0 (no such block)
+
+
+def _parse(value: Any, typ: Any, key: str) -> Any:
+    """``value`` (a CLI string, a JSON value or a Python value) as the declared type ``typ``."""
+    args = typing.get_args(typ)
+    if typing.get_origin(typ) in (types.UnionType, typing.Union):
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            if type(None) in args:
+                return None
+        errors = []
+        for a in (a for a in args if a is not type(None)):
+            try:
+                return _parse(value, a, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if errors else f"{key}={value!r}: expected {typ}")
+    if typing.get_origin(typ) in (tuple, list):
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple)):
+            raise ConfigError(f"{key}={value!r}: expected a comma-separated list")
+        inner = args[0] if args else str
+        return tuple(_parse(v.strip() if isinstance(v, str) else v, inner, key) for v in items if v != "")
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("1", "true", "yes"):
+            return True
+        if isinstance(value, str) and value.lower() in ("0", "false", "no"):
+            return False
+        raise ConfigError(f"{key}={value!r}: expected true or false")
+    if typ is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}={value!r}: expected an integer")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
             return int(value)
-        if t in (float, "float"):
+        try:
+            return int(str(value).strip())
+        except ValueError:
+            raise ConfigError(f"{key}={value!r}: expected an integer") from None
+    if typ is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}={value!r}: expected a number")
+        try:
             return float(value)
-        if "tuple" in str(t) or "list" in str(t):
-            return tuple(type_guess(v) for v in value.split(",") if v)
-    except ValueError:
-        raise ValueError(f"--set {key}={value!r}: expected {t}") from None
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key}={value!r}: expected a number") from None
+    if typ is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}={value!r}: expected a string")
+        return value
     return value
 
 
-def type_guess(v: str) -> Any:
-    for f in (int, float):
+def validate_config(cfg: ModelConfig, where: str = "") -> ModelConfig:
+    """Check every field of ``cfg`` against generic ranges and the config's ``CHOICES``;
+    raises :class:`ConfigError` naming the field, the value and what is allowed."""
+    pre = f"{where}: " if where else ""
+    choices = {**ModelConfig.CHOICES, **getattr(cfg, "CHOICES", {})}
+    for f in dataclasses.fields(cfg):
+        v, k = getattr(cfg, f.name), f.name
+        if k in choices and v not in choices[k]:
+            raise ConfigError(f"{pre}{k}={v!r}: expected one of {', '.join(map(str, choices[k]))}")
+        if isinstance(v, bool) or v is None:
+            continue
+        if isinstance(v, int):
+            lo = 0 if k.endswith(_POSITIVE_INT_EXEMPT) or k == "k" else 1
+            if v < lo:
+                raise ConfigError(f"{pre}{k}={v}: expected an integer >= {lo}")
+        elif isinstance(v, float):
+            if not math.isfinite(v):
+                raise ConfigError(f"{pre}{k}={v}: expected a finite number")
+            if "dropout" in k or k.endswith("_p"):
+                if not 0.0 <= v < 1.0:
+                    raise ConfigError(f"{pre}{k}={v}: expected a probability in [0, 1)")
+            elif k == "lr" or k.endswith("_lr"):
+                if v <= 0:
+                    raise ConfigError(f"{pre}{k}={v}: expected a learning rate > 0")
+            elif v < 0 and not k.endswith(("_offset", "alpha")):
+                raise ConfigError(f"{pre}{k}={v}: expected a number >= 0")
+    if cfg.default_corrupt is not None:
+        from msakit.corrupt import parse_protocol
+
         try:
-            return f(v)
-        except ValueError:
-            pass
-    return v
+            parse_protocol(cfg.default_corrupt)
+        except (ValueError, KeyError) as e:
+            raise ConfigError(f"{pre}default_corrupt={cfg.default_corrupt!r}: {e}") from None
+    cfg.check()
+    return cfg
 
 
 def make_config(name: str, **overrides: Any) -> ModelConfig:
@@ -138,17 +292,21 @@ def make_config(name: str, **overrides: Any) -> ModelConfig:
     flds = {f.name: f for f in dataclasses.fields(spec.config_cls)}
     bad = [k for k in overrides if k not in flds]
     if bad:
-        raise ValueError(
+        raise ConfigError(
             f"model {name!r} has no config field(s) {bad}; fields: {', '.join(sorted(flds))}"
         )
-    vals = {k: _coerce(v, flds[k].type, k) for k, v in overrides.items()}
-    return spec.config_cls(**vals)
+    hints = typing.get_type_hints(spec.config_cls)
+    vals = {k: _parse(v, hints[k], k) for k, v in overrides.items()}
+    return validate_config(spec.config_cls(**vals), where=f"model {name!r}")
 
 
-def create_model(name: str, dims: dict[str, int], **overrides: Any) -> MSAModel:
-    """Build registered model ``name`` for input ``dims`` (modality -> feature size)."""
+def create_model(
+    name: str, dims: dict[str, int], n_classes: int = 0, **overrides: Any
+) -> MSAModel:
+    """Build registered model ``name`` for input ``dims`` (modality -> feature size); with
+    ``n_classes = K >= 2`` its head classifies into K classes."""
     import msakit.models  # noqa: F401  (registers the built-in models)
 
     spec = MODELS.get(name)
     cfg = overrides.pop("config", None) or make_config(name, **overrides)
-    return spec.cls(dims, cfg)
+    return spec.cls(dims, cfg, n_classes=n_classes)

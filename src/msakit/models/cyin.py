@@ -32,6 +32,9 @@ Blocks (each applied to every modality in turn):
    latent when missing (marked by a learned "translated" embedding); token latents of a missing
    modality are masked out. A linear head on CLS gives the prediction.
 
+Classification (``n_classes = K``): the final head and the label-level heads output K logits,
+and ``pred`` / ``ib_pred`` become cross-entropy terms (``MSAModel.regression_loss``).
+
 Loss (named terms, plus ``total``): ``pred`` + ``beta_token * kl_token`` + ``beta_label *
 kl_label`` + ``w_ib * ib_pred`` + ``w_trans * trans`` + ``w_cycle * cycle``. All sizes, weights,
 the logvar offset (latents start with small noise), the pooling, the choice of a CRA over label-
@@ -51,6 +54,7 @@ import torch
 from torch import nn
 
 from msakit.data.batch import Batch
+from msakit.errors import ConfigError
 from msakit.models.base import ModelConfig, MSAModel, Output, register_model
 from msakit.models.layers import (
     MaskedTransformer,
@@ -85,6 +89,16 @@ class CyINConfig(ModelConfig):
     weight_decay: float = 1e-4
     grad_clip: float = 1.0
     default_corrupt: str | None = "modality:0.3"
+
+    def check(self) -> None:
+        if self.d % self.heads:
+            raise ConfigError(f"cyin: d={self.d} must be divisible by heads={self.heads}")
+        if self.latent % self.fusion_heads:
+            raise ConfigError(
+                f"cyin: latent={self.latent} must be divisible by fusion_heads={self.fusion_heads}"
+            )
+        if self.cra_hidden < 2:
+            raise ConfigError(f"cyin: cra_hidden={self.cra_hidden}: expected an integer >= 2")
 
 
 def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
@@ -125,30 +139,27 @@ class CascadedResidualAE(nn.Module):
 class CyIN(MSAModel):
     """CyIN: token/label-level information bottleneck + cyclic cross-modal translation."""
 
-    def __init__(self, dims: dict[str, int], config: CyINConfig) -> None:
-        super().__init__(dims, config)
+    def __init__(self, dims: dict[str, int], config: CyINConfig, n_classes: int = 0) -> None:
+        super().__init__(dims, config, n_classes)
         c = config
-        if c.d % c.heads or c.latent % c.fusion_heads:
-            raise ValueError(
-                f"cyin: d={c.d} must divide by heads={c.heads} and latent={c.latent} by "
-                f"fusion_heads={c.fusion_heads}"
-            )
+        c.check()
         self.mods = tuple(self.dims)  # canonical order
         M, dz = len(self.mods), c.latent
-        self.proj = nn.ModuleDict({m: nn.Linear(dims[m], c.d) for m in self.mods})
+        self.proj = nn.ModuleDict({m: nn.Linear(self.dims[m], c.d) for m in self.mods})
         self.pos = PositionalEncoding(c.d)
         self.enc = nn.ModuleDict(
             {m: MaskedTransformer(c.d, c.enc_layers, c.heads, 2 * c.d, c.dropout) for m in self.mods}
         )
         self.tok_ib = nn.ModuleDict({m: nn.Linear(c.d, 2 * dz) for m in self.mods})
         self.lab_ib = nn.ModuleDict({m: nn.Linear(dz, 2 * dz) for m in self.mods})
-        self.lab_head = nn.ModuleDict({m: mlp([dz, dz, 1], c.dropout) for m in self.mods})
+        # label-level heads predict the label: out_dim outputs (class logits when classifying)
+        self.lab_head = nn.ModuleDict({m: mlp([dz, dz, self.out_dim], c.dropout) for m in self.mods})
         self.translator = CascadedResidualAE(M, dz, c.cra_hidden, c.cra_stages)
         self.mod_emb = nn.Parameter(torch.randn(M, dz) * 0.02)
         self.src_emb = nn.Parameter(torch.zeros(2, dz))  # 0 = observed, 1 = translated
         self.cls = nn.Parameter(torch.randn(dz) * 0.02)
         self.fusion = MaskedTransformer(dz, c.fusion_layers, c.fusion_heads, 4 * dz, c.dropout)
-        self.head = nn.Linear(dz, 1)
+        self.head = nn.Linear(dz, self.out_dim)
         for t in (*self.enc.values(), self.fusion):
             # the "empty row" vector is never used here (an empty modality is replaced by its
             # translation, and the fusion always sees CLS): keep it frozen
@@ -189,8 +200,10 @@ class CyIN(MSAModel):
             tokens.append(enc[m]["z_tok"] + self.mod_emb[i])
             masks.append(enc[m]["mask"])
         fused = self.fusion(torch.cat(tokens, 1), torch.cat(masks, 1))[:, 0]
-        pred = self.head(fused).squeeze(-1)
-        lab_pred = torch.stack([self.lab_head[m](enc[m]["z_lab"]).squeeze(-1) for m in self.mods], 1)
+        pred = self.head_output(self.head(fused))
+        lab_pred = torch.stack(  # (B, M), or (B, M, K) logits when classifying
+            [self.head_output(self.lab_head[m](enc[m]["z_lab"])) for m in self.mods], 1
+        )
         return Output(
             pred,
             {
@@ -198,10 +211,6 @@ class CyIN(MSAModel):
                 "summary": summary, "fused": fused, "lab_pred": lab_pred,
             },
         )
-
-    def _elementwise(self, pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        d = pred - y
-        return d.pow(2) if self.config.loss == "mse" else d.abs()
 
     def _clean_mu(self, m: str, batch: Batch, need: torch.Tensor) -> torch.Tensor | None:
         """Label-level mu of the clean input of modality m (no gradient, no dropout)."""
@@ -216,6 +225,16 @@ class CyIN(MSAModel):
                 return self.encode(m, clean["x"][m], obs)["mu_lab"]
         finally:
             self.train(was)
+
+    def label_level_loss(
+        self, lab_pred: torch.Tensor, y: torch.Tensor, avail: torch.Tensor
+    ) -> torch.Tensor:
+        """The task loss of the label-level heads, averaged over the observed (sample,
+        modality) pairs; 0 (still in the graph) when nothing is observed."""
+        if not avail.any():
+            return lab_pred.sum() * 0.0
+        ys = y.unsqueeze(1).expand(*avail.shape)
+        return self.regression_loss(lab_pred[avail], ys[avail])
 
     def translation_losses(self, out: Output, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """Forward translation and backward cycle losses (see module docstring)."""
@@ -257,7 +276,7 @@ class CyIN(MSAModel):
             [gaussian_kl(enc[m]["mu_lab"], enc[m]["logvar_lab"]) for m in self.mods], 1
         )
         kl_label = weighted_mean(kl_l, avail)
-        ib_pred = weighted_mean(self._elementwise(out.extras["lab_pred"], batch.y[:, None]), avail)
+        ib_pred = self.label_level_loss(out.extras["lab_pred"], batch.y, avail)
         trans, cycle = self.translation_losses(out, batch)
         total = (
             pred + c.beta_token * kl_token + c.beta_label * kl_label + c.w_ib * ib_pred

@@ -45,6 +45,9 @@ Blocks, in forward order (M modalities, d the model width):
    ``Output.extras["uncertainty"]`` (B,) is the mean sigma over hyper-modalities and latent
    dims (positive; a latent spread, not a calibrated error bar); ``extras["sigma"]`` (B, M).
 
+Classification (``n_classes = K``): the final MLP and the per-modality VIB decoders output K
+logits, and the L1 terms below become cross-entropy (``MSAModel.regression_loss``).
+
 Loss: L1(pred) + 0.8 * mean_m L1(pred_m) + 0.01 * mean_m KL (reference), named ``pred``,
 ``unimodal``, ``kl`` and ``total``. Optimiser: AdamW, weight decay 5e-4 except on biases and
 norms, gradient clipping 0.8 (reference; note the engine clips the gradient norm, the reference
@@ -69,17 +72,18 @@ with its label) but add nothing the sample's own features do not already carry t
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from msakit.data.batch import Batch
+from msakit.errors import ConfigError
 from msakit.models.base import ModelConfig, MSAModel, Output, register_model
 from msakit.models.layers import PositionalEncoding, mlp, window_mean
 from msakit.models.layers.common import safe_padding
-from msakit.models.layers.retrieval import Retriever, make_retriever
+from msakit.models.layers.retrieval import RETRIEVERS, Retriever, make_retriever
 
 _BANK = ("bank_x", "bank_present", "bank_ids", "bank_ptr")
 
@@ -109,6 +113,33 @@ class HMEConfig(ModelConfig):
     grad_clip: float = 0.8
     batch_size: int = 32
     default_corrupt: str | None = "modality:0.3"
+
+    # retriever names are checked in check(): plug-ins may register more at run time
+    CHOICES: ClassVar[dict[str, tuple]] = {**ModelConfig.CHOICES, "pool": ("max", "mean")}
+
+    def check(self) -> None:
+        if self.pool not in self.CHOICES["pool"]:  # also when a config is built directly
+            raise ConfigError(f"hme: pool={self.pool!r}: expected one of max, mean")
+        if self.retriever not in RETRIEVERS:
+            raise ConfigError(
+                f"hme: retriever={self.retriever!r}: expected one of "
+                f"{', '.join(RETRIEVERS.names())} (register more with register_retriever)"
+            )
+        for k in ("k", "bank_size", "max_steps", "d", "heads", "num_latents"):
+            if getattr(self, k) < 1:
+                raise ConfigError(f"hme: {k}={getattr(self, k)}: expected an integer >= 1")
+        if self.d % self.heads:
+            raise ConfigError(f"hme: d={self.d} must be divisible by heads={self.heads}")
+        if self.kernel_size < 1 or self.kernel_size % 2 == 0:
+            raise ConfigError(
+                f"hme: kernel_size={self.kernel_size} must be odd (same-length padding keeps "
+                f"step t aligned with its mask only for odd kernels)"
+            )
+        if not 0 < self.weight_lb <= self.weight_ub:
+            raise ConfigError(
+                f"hme: weight_lb={self.weight_lb}, weight_ub={self.weight_ub}: expected "
+                f"0 < weight_lb <= weight_ub"
+            )
 
 
 class _Block(nn.Module):
@@ -188,17 +219,17 @@ class _CrossEncoder(nn.Module):
 class _VIB(nn.Module):
     """Variational bottleneck (Alemi et al. 2017): (z, sigma, prediction, KL to N(0, I))."""
 
-    def __init__(self, d: int) -> None:
+    def __init__(self, d: int, out_dim: int = 1) -> None:
         super().__init__()
         self.enc = mlp([d, 2 * d, 2 * d, 2 * d])
-        self.dec = nn.Linear(d, 1)
+        self.dec = nn.Linear(d, out_dim)
 
     def forward(self, h: torch.Tensor):
         mu, s = self.enc(h).chunk(2, dim=-1)
         sigma = F.softplus(s - 5.0) + 1e-4  # reference: softplus(s - 5); floor keeps log finite
         z = mu + torch.randn_like(sigma) * sigma if self.training else mu
         kl = 0.5 * (mu.pow(2) + sigma.pow(2) - 2 * sigma.log() - 1).mean()
-        return z, sigma, self.dec(z).squeeze(-1), kl
+        return z, sigma, self.dec(z), kl  # prediction (B, out_dim)
 
 
 class _WeightedFusion(nn.Module):
@@ -219,26 +250,17 @@ class _WeightedFusion(nn.Module):
 class HME(MSAModel):
     """HME (NeurIPS 2025): memory-bank cross-sample enhancement, uncertainty-aware fusion."""
 
-    def __init__(self, dims: dict[str, int], config: HMEConfig) -> None:
-        super().__init__(dims, config)
+    def __init__(self, dims: dict[str, int], config: HMEConfig, n_classes: int = 0) -> None:
+        super().__init__(dims, config, n_classes)
         c = config
-        self.mods = tuple(self.dims)
+        c.check()
+        self.mods = tuple(self.dims)  # canonical order
         if len(self.mods) < 2:
-            raise ValueError(f"hme: needs at least two modalities, got dims={dims}")
-        if c.pool not in ("max", "mean"):
-            raise ValueError(f"hme: pool must be 'max' or 'mean', got {c.pool!r}")
-        if min(c.k, c.bank_size, c.max_steps) < 1:
-            raise ValueError(
-                f"hme: k, bank_size and max_steps must be >= 1, got {c.k}, {c.bank_size}, "
-                f"{c.max_steps}"
-            )
-        if c.d % c.heads:
-            raise ValueError(f"hme: d={c.d} must be divisible by heads={c.heads}")
-        make_retriever(c.retriever)  # fail early on an unknown retriever name
+            raise ConfigError(f"hme: needs at least two modalities, got dims={dims}")
         d, n = c.d, len(self.mods)
         self.proj = nn.ModuleDict(
             {
-                m: nn.Conv1d(dims[m], d, c.kernel_size, padding=c.kernel_size // 2, bias=False)
+                m: nn.Conv1d(self.dims[m], d, c.kernel_size, padding=c.kernel_size // 2, bias=False)
                 for m in self.mods
             }
         )
@@ -258,7 +280,8 @@ class HME(MSAModel):
         self.hyper_enc = nn.ModuleDict(
             {m: _CrossEncoder(d, c.hyper_depth, c.heads, c.dropout) for m in self.mods}
         )
-        self.vib = nn.ModuleDict({m: _VIB(d) for m in self.mods})
+        # per-modality label predictions (out_dim outputs each: a class per logit if classifying)
+        self.vib = nn.ModuleDict({m: _VIB(d, self.out_dim) for m in self.mods})
         self.refine = nn.ModuleDict({m: _WeightedFusion(d, 2, c.dropout) for m in self.mods})
         self.hyper_fuse = _WeightedFusion(d, n, c.dropout)
         layer = nn.TransformerEncoderLayer(
@@ -266,7 +289,7 @@ class HME(MSAModel):
         )
         self.fusion = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
         self.fusion_norm = nn.LayerNorm(d)
-        self.head = mlp([(n + 1) * d, 2 * d, 1], c.dropout)
+        self.head = mlp([(n + 1) * d, 2 * d, self.out_dim], c.dropout)
         # the memory bank (see the module docstring); ids are training-split rows, -1 = empty
         self.register_buffer("bank_x", torch.zeros(c.bank_size, n, d))
         self.register_buffer("bank_present", torch.zeros(c.bank_size, n, dtype=torch.bool))
@@ -432,7 +455,7 @@ class HME(MSAModel):
             refined.append(self.refine[m]([reps[:, mi], z], prior))
             zs.append(z)
             sig.append(s)
-            preds.append(p)
+            preds.append(self.head_output(p))
             kls.append(kl)
         sig_t = torch.stack(sig, 1)  # (B, M)
         prec = 1.0 / sig_t
@@ -440,7 +463,7 @@ class HME(MSAModel):
 
         tokens = torch.stack([*refined, hyper_all], 1)  # (B, M + 1, d)
         h = self.fusion_norm(self.fusion(tokens)).reshape(b, -1)
-        pred = self.head(h).squeeze(-1)
+        pred = self.head_output(self.head(h))
         return Output(
             pred,
             {

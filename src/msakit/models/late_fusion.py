@@ -2,7 +2,8 @@
 
 Each modality: linear projection, a small masked transformer, masked mean pooling over the
 observed steps. An absent modality contributes a learned "missing" vector instead of its
-pooled features, and a presence flag, so the head knows what it did not see. Defaults are ours.
+pooled features, and a presence flag, so the head knows what it did not see. With
+``n_classes = K`` the head outputs K logits (cross-entropy). Defaults are ours.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import torch
 from torch import nn
 
 from msakit.data.batch import Batch
+from msakit.errors import ConfigError
 from msakit.models.base import ModelConfig, MSAModel, Output, register_model
 from msakit.models.layers import MaskedTransformer, masked_mean, mlp
 
@@ -27,16 +29,21 @@ class LateFusionConfig(ModelConfig):
     lr: float = 1e-3
     weight_decay: float = 1e-4
 
+    def check(self) -> None:
+        if self.d % self.heads:
+            raise ConfigError(f"late_fusion: d={self.d} must be divisible by heads={self.heads}")
+
 
 @register_model("late_fusion", LateFusionConfig)
 class LateFusion(MSAModel):
     """Late-fusion baseline: per-modality encoders, pooled and concatenated, MLP head."""
 
-    def __init__(self, dims: dict[str, int], config: LateFusionConfig) -> None:
-        super().__init__(dims, config)
+    def __init__(self, dims: dict[str, int], config: LateFusionConfig, n_classes: int = 0) -> None:
+        super().__init__(dims, config, n_classes)
         c = config
-        self.mods = tuple(self.dims)
-        self.proj = nn.ModuleDict({m: nn.Linear(dims[m], c.d) for m in self.mods})
+        c.check()
+        self.mods = tuple(self.dims)  # canonical order
+        self.proj = nn.ModuleDict({m: nn.Linear(self.dims[m], c.d) for m in self.mods})
         self.enc = nn.ModuleDict(
             {m: MaskedTransformer(c.d, c.layers, c.heads, 2 * c.d, c.dropout) for m in self.mods}
         )
@@ -46,7 +53,7 @@ class LateFusion(MSAModel):
         for enc in self.enc.values():
             enc.missing.requires_grad_(False)
         n = len(self.mods)
-        self.head = mlp([n * (c.d + 1), c.head_hidden, 1], c.dropout)
+        self.head = mlp([n * (c.d + 1), c.head_hidden, self.out_dim], c.dropout)
 
     def forward(self, batch: Batch) -> Output:
         feats = []
@@ -56,4 +63,4 @@ class LateFusion(MSAModel):
             pooled = masked_mean(h, obs)
             has = obs.any(1, keepdim=True)
             feats += [torch.where(has, pooled, self.missing[m].expand_as(pooled)), has.float()]
-        return Output(self.head(torch.cat(feats, -1)).squeeze(-1))
+        return Output(self.head_output(self.head(torch.cat(feats, -1))))

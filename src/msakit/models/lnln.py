@@ -20,9 +20,13 @@ Blocks (d = 128, 8 tokens everywhere, as in the reference):
   input and every layer; an adaptive hyper-modality encoder (ALMT) with one layer per returned
   language state (depth 3), in which language queries audio and vision tokens and the updates
   accumulate in 8 hyper tokens; a cross transformer (depth 2) in which the last language state
-  queries the hyper tokens; a linear head on the mean output token.
+  queries the hyper tokens; a linear head on the mean output token (K logits when the model
+  classifies, ``n_classes = K``; the completeness estimator stays a scalar).
 - Loss: 0.9 * MSE(w, 1 - r_l) + 0.8 * CE(discriminator) + 0.1 * MSE(reconstruction)
-  + 1.0 * MSE(pred), named ``completeness``, ``adversarial``, ``reconstruction``, ``pred``.
+  + 1.0 * MSE(pred) (cross-entropy when classifying), named ``completeness``, ``adversarial``,
+  ``reconstruction``, ``pred``.
+- Modules are built in the canonical modality order (text, audio, vision), whatever the
+  dataset's dict order; ``dominant`` picks the language-like modality.
 
 Clean data: the engine's corruption keeps the clean batch in ``batch.extra["clean"]``; only
 ``loss`` reads it (reconstruction targets, clean language tokens for the discriminator, and
@@ -60,13 +64,15 @@ Ours:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from msakit.corrupt import realised_missing_rate
-from msakit.data.batch import Batch
+from msakit.data.batch import MODALITIES, Batch
+from msakit.errors import ConfigError
 from msakit.models.base import ModelConfig, MSAModel, Output, register_model
 from msakit.models.layers import PositionalEncoding
 
@@ -94,6 +100,21 @@ class LNLNConfig(ModelConfig):
     batch_size: int = 64
     loss: str = "mse"
     default_corrupt: str | None = "frames:random"
+
+    CHOICES: ClassVar[dict[str, tuple]] = {**ModelConfig.CHOICES, "dominant": MODALITIES}
+
+    def check(self) -> None:
+        if self.dominant not in MODALITIES:
+            raise ConfigError(
+                f"lnln: dominant={self.dominant!r}: expected one of {', '.join(MODALITIES)}"
+            )
+        if self.d % self.heads:  # the hyper-modality layers split d into heads
+            raise ConfigError(f"lnln: d={self.d} must be divisible by heads={self.heads}")
+        if self.disc_hidden < 1 or self.d < 2:
+            raise ConfigError(
+                f"lnln: d={self.d} and disc_hidden={self.disc_hidden}: expected d >= 2 and "
+                f"disc_hidden >= 1"
+            )
 
 
 class _GradReverse(torch.autograd.Function):
@@ -272,21 +293,25 @@ class LNLN(MSAModel):
     """LNLN (NeurIPS 2024): language-dominated correction + hyper-modality fusion, robust to
     missing steps."""
 
-    def __init__(self, dims: dict[str, int], config: LNLNConfig) -> None:
-        super().__init__(dims, config)
+    def __init__(self, dims: dict[str, int], config: LNLNConfig, n_classes: int = 0) -> None:
+        super().__init__(dims, config, n_classes)
         c = config
-        if c.dominant not in dims:
-            raise ValueError(
+        c.check()
+        if c.dominant not in self.dims:
+            raise ConfigError(
                 f"lnln: dominant modality {c.dominant!r} not in the dataset's modalities "
-                f"{tuple(dims)} (config field 'dominant')"
+                f"{tuple(self.dims)} (config field 'dominant')"
             )
-        self.aux = tuple(m for m in dims if m != c.dominant)
+        # canonical order (text, audio, vision) everywhere, whatever order dims came in
+        self.mods = tuple(self.dims)
+        self.aux = tuple(m for m in self.mods if m != c.dominant)
         if not self.aux:
-            raise ValueError(f"lnln needs at least one modality besides {c.dominant!r}, got {dims}")
+            raise ConfigError(
+                f"lnln needs at least one modality besides {c.dominant!r}, got {dict(self.dims)}"
+            )
         n, d = c.n_tokens, c.d
-        self.mods = (c.dominant, *self.aux)
         # input construction
-        self.embed = nn.ModuleDict({m: _StepEncoder(c, dims[m], n) for m in self.mods})
+        self.embed = nn.ModuleDict({m: _StepEncoder(c, self.dims[m], n) for m in self.mods})
         # dominant modality correction
         self.completeness = _TokenEncoder(c, 1, seq_len=n)
         self.completeness_head = nn.Sequential(
@@ -308,7 +333,7 @@ class LNLN(MSAModel):
         self.cross_pos_src = nn.Parameter(torch.randn(1, n + 1, d))
         self.cross_pos_tgt = nn.Parameter(torch.randn(1, n + 1, d))
         self.cross = _Encoder(c, cross=True)
-        self.head = nn.Linear(d, 1)
+        self.head = nn.Linear(d, self.out_dim)  # the label; the completeness head stays scalar
 
     def tokens(
         self, x: dict[str, torch.Tensor], observed: dict[str, torch.Tensor]
@@ -336,7 +361,7 @@ class LNLN(MSAModel):
         src = torch.cat([tok, hyper], 1) + self.cross_pos_src
         tgt = torch.cat([tok, states[-1]], 1) + self.cross_pos_tgt
         fused = self.cross(tgt, src=src)
-        pred = self.head(fused[:, 1:].mean(1)).squeeze(-1)
+        pred = self.head_output(self.head(fused[:, 1:].mean(1)))
         return Output(pred, {"w": w.squeeze(-1), "tokens": h, "h_d": h_d})
 
     def clean_tokens(self, out: Output, batch: Batch) -> dict[str, torch.Tensor]:

@@ -21,7 +21,11 @@ Blocks, in forward order (M modalities, all projected to width d):
    a sample with nothing observed in m gets a learned missing state instead, so absent
    modalities never produce NaNs and never depend on masked content.
 5. Head: concatenation (M*(M-1)*d), residual block proj2(dropout(relu(proj1(h)))) + h, linear
-   output (as the reference).
+   output (as the reference): one value, or K logits with ``n_classes = K`` (cross-entropy).
+
+Modules are built in the canonical modality order (text, audio, vision) whatever the dataset's
+dict order, so seeded initialisation does not depend on it. ``d`` must be divisible by
+``heads`` and ``conv_kernel`` odd (checked when the config is made).
 
 Attention runs on torch's fused ``scaled_dot_product_attention``; there is no per-step loop.
 On CPU its cost grows with heads x query steps x key steps almost regardless of the head
@@ -49,12 +53,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from itertools import permutations
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from msakit.data.batch import Batch
+from msakit.errors import ConfigError
 from msakit.models.base import ModelConfig, MSAModel, Output, register_model
 from msakit.models.layers import masked_mean
 from msakit.models.layers.attention import DROPOUT_MODES, CrossmodalTransformer
@@ -85,6 +91,34 @@ class MulTConfig(ModelConfig):
     weight_decay: float = 0.0
     grad_clip: float = 1.0
 
+    CHOICES: ClassVar[dict[str, tuple]] = {
+        **ModelConfig.CHOICES,
+        "pool": POOLS,
+        "attn_dropout_mode": DROPOUT_MODES,
+    }
+
+    def check(self) -> None:
+        for k in ("pool", "attn_dropout_mode"):  # also when a config is built directly
+            if getattr(self, k) not in self.CHOICES[k]:
+                raise ConfigError(
+                    f"mult: {k}={getattr(self, k)!r}: expected one of {', '.join(self.CHOICES[k])}"
+                )
+        for k in ("d", "heads", "conv_kernel"):
+            if getattr(self, k) < 1:
+                raise ConfigError(f"mult: {k}={getattr(self, k)}: expected an integer >= 1")
+        if self.d % self.heads:
+            near = self.heads * max(1, round(self.d / self.heads))
+            fit = max(h for h in range(1, self.heads + 1) if self.d % h == 0)
+            raise ConfigError(
+                f"mult: d={self.d} must be divisible by heads={self.heads} "
+                f"(e.g. d={near}, or heads={fit} with d={self.d})"
+            )
+        if self.conv_kernel % 2 == 0:
+            raise ConfigError(
+                f"mult: conv_kernel={self.conv_kernel} must be odd (same-length padding keeps step t "
+                f"aligned with its mask only for odd kernels)"
+            )
+
 
 def last_observed(h: torch.Tensor, obs: torch.Tensor) -> torch.Tensor:
     """h (B, L, D), obs (B, L) bool -> (B, D) at each row's last observed step (step 0 if none)."""
@@ -98,26 +132,16 @@ def last_observed(h: torch.Tensor, obs: torch.Tensor) -> torch.Tensor:
 class MulT(MSAModel):
     """MulT (Tsai et al. 2019): crossmodal transformers for every modality pair, masked."""
 
-    def __init__(self, dims: dict[str, int], config: MulTConfig) -> None:
-        super().__init__(dims, config)
+    def __init__(self, dims: dict[str, int], config: MulTConfig, n_classes: int = 0) -> None:
+        super().__init__(dims, config, n_classes)
         c = config
-        self.mods = tuple(dims)
+        c.check()
+        self.mods = tuple(self.dims)  # canonical order, whatever order dims came in
         if len(self.mods) < 2:
-            raise ValueError(f"mult needs at least two modalities, got dims={dims}")
-        if c.pool not in POOLS:
-            raise ValueError(f"mult: pool={c.pool!r}; expected one of {POOLS}")
-        if c.attn_dropout_mode not in DROPOUT_MODES:
-            raise ValueError(
-                f"mult: attn_dropout_mode={c.attn_dropout_mode!r}; expected one of {DROPOUT_MODES}"
-            )
-        for name, v in (("d", c.d), ("heads", c.heads), ("conv_kernel", c.conv_kernel)):
-            if v < 1:
-                raise ValueError(f"mult: {name}={v}; expected a positive integer")
-        if c.d % c.heads:
-            raise ValueError(f"mult: d={c.d} must be divisible by heads={c.heads}")
+            raise ConfigError(f"mult needs at least two modalities, got dims={dims}")
         k = c.conv_kernel
         self.proj = nn.ModuleDict(
-            {m: nn.Conv1d(dims[m], c.d, k, padding=k // 2, bias=False) for m in self.mods}
+            {m: nn.Conv1d(self.dims[m], c.d, k, padding=k // 2, bias=False) for m in self.mods}
         )
         key_drop = {"text": c.attn_dropout, "audio": c.attn_dropout_audio}
         key_drop["vision"] = c.attn_dropout_vision
@@ -147,7 +171,7 @@ class MulT(MSAModel):
         self.missing = nn.ParameterDict({m: nn.Parameter(torch.zeros(dm)) for m in self.mods})
         dc = len(self.mods) * dm
         self.proj1, self.proj2 = nn.Linear(dc, dc), nn.Linear(dc, dc)
-        self.out = nn.Linear(dc, 1)
+        self.out = nn.Linear(dc, self.out_dim)
 
     def forward(self, batch: Batch) -> Output:
         c = self.config
@@ -175,4 +199,4 @@ class MulT(MSAModel):
             feats.append(torch.where(has, pooled, self.missing[m].expand_as(pooled)))
         f = torch.cat(feats, -1)  # (B, M*(M-1)*d)
         r = self.proj2(F.dropout(F.relu(self.proj1(f)), c.output_dropout, self.training))
-        return Output(self.out(r + f).squeeze(-1), {"fused": f})
+        return Output(self.head_output(self.out(r + f)), {"fused": f})

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -10,7 +12,15 @@ import numpy as np
 
 from msakit.data.dataset import MSADataset
 from msakit.data.registry import load_dataset
-from msakit.train.engine import TrainConfig, fit_seed, write_json
+from msakit.errors import ConfigError, RunError
+from msakit.train.engine import (
+    RunLock,
+    TrainConfig,
+    config_diff,
+    fit_seed,
+    resolved_config,
+    write_json,
+)
 
 DEFAULT_SEEDS = (1111, 1112, 1113)
 
@@ -48,28 +58,64 @@ def train(
     overrides: dict | None = None,
     train_config: TrainConfig | None = None,
     progress: bool = False,
+    verbose: bool = False,
+    on_seed_start: Any = None,
 ) -> dict:
     """Train ``model`` on ``dataset`` once per seed into ``out/seed_<s>/`` and write
-    ``out/summary.json`` (mean and std over seeds, per split)."""
+    ``out/summary.json``: mean and std over every finished seed folder in ``out`` (the same set
+    ``msakit eval`` averages). A run folder holds one config; seeds differ, nothing else."""
+    seeds = [int(s) for s in seeds]
+    if not seeds:
+        raise ConfigError("--seeds: expected at least one seed")
+    dup = sorted({s for s in seeds if seeds.count(s) > 1})
+    if dup:
+        raise ConfigError(f"--seeds: seed(s) {dup} given more than once")
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out}: exists and is not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".msakit-write-test-{os.getpid()}"
+        probe.touch()
+        probe.unlink()
+    except OSError as e:
+        raise ConfigError(f"--out {out}: not writable ({e.strerror or e})") from None
     ds = dataset if isinstance(dataset, MSADataset) else load_dataset(dataset)
-    tcfg = train_config or TrainConfig()
+    tcfg = dataclasses.replace(train_config) if train_config else TrainConfig()
     if epochs is not None:
         tcfg.epochs = epochs
     if corrupt is not None:
         tcfg.corrupt = corrupt
     tcfg.progress = progress
-    out = Path(out)
-    results = [
-        fit_seed(model, ds, s, out / f"seed_{s}", tcfg, overrides).metrics for s in seeds
-    ]
-    summary = summarize(results)
-    summary["_meta"] = {
-        "model": model,
-        "dataset": ds.name,
-        "seeds": list(seeds),
-        "corrupt": tcfg.corrupt,
-        "protocol": "clean (no corruption at evaluation)",
-        "selection": f"best validation {tcfg.select}",
-    }
-    write_json(out / "summary.json", summary)
+    tcfg.__post_init__()  # validate what the arguments changed
+    with RunLock(out):
+        want = resolved_config(model, ds, seeds[0], tcfg, dict(overrides or {}))
+        for d in sorted(out.glob("seed_*")):
+            if (d / "config.json").exists():
+                diff = config_diff(json.loads((d / "config.json").read_text()), want, ignore_seed=True)
+                if diff:
+                    raise RunError(
+                        f"{d} was trained with another config ({'; '.join(diff)}); a run folder "
+                        f"holds one config: use another --out"
+                    )
+        for i, s in enumerate(seeds):
+            if on_seed_start is not None:
+                on_seed_start(i, s)
+            fit_seed(model, ds, s, out / f"seed_{s}", tcfg, overrides, verbose=verbose)
+        finished = [d for d in sorted(out.glob("seed_*")) if (d / "metrics.json").exists()]
+        results = [json.loads((d / "metrics.json").read_text()) for d in finished]
+        all_seeds = [json.loads((d / "config.json").read_text())["seed"] for d in finished]
+        summary = summarize(results)
+        summary["_meta"] = {
+            "model": model,
+            "dataset": ds.name,
+            "dataset_hash": want["dataset_hash"],
+            "seeds": all_seeds,
+            "corrupt": want["train"]["corrupt"],
+            "normalize": want["normalize"],
+            "protocol": "clean (no corruption at evaluation)",
+            "selection": f"best validation {want['train']['select']}",
+            "epochs": tcfg.epochs,
+        }
+        write_json(out / "summary.json", summary)
     return summary

@@ -8,16 +8,23 @@ One call of :func:`fit_seed` trains one model on one dataset with one seed into 
     RUN/model.pt         the selected weights (state_dict; load with weights_only=True)
     RUN/metrics.json     metrics per split (+ "oracle" per split on synthetic data)
 
-Checkpoint selection and early stopping look at validation MAE only.
+Checkpoint selection and early stopping look at validation data only (MAE for regression,
+accuracy for classification). A killed run resumes from ``last.ckpt`` to the same bytes as an
+uninterrupted one: every epoch's shuffling, dropout and corruption draws are functions of
+(seed, epoch) alone. One process writes a run folder at a time (an advisory lock).
 """
 
 from __future__ import annotations
 
+import contextlib
+import csv
 import dataclasses
 import json
 import logging
 import os
+import random
 import tempfile
+import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +38,7 @@ from torch.utils.data import DataLoader, Sampler
 from msakit.corrupt import Protocol, parse_protocol
 from msakit.data.batch import Batch, SplitData, collate
 from msakit.data.dataset import SPLITS, MSADataset
+from msakit.errors import ConfigError, MissingDataError, RunError
 from msakit.evaluate.metrics import metrics_for
 from msakit.models.base import MSAModel, create_model, make_config
 
@@ -45,21 +53,55 @@ class TrainConfig:
     patience: int = 8
     min_epochs: int = 1
     corrupt: str | None = None  # training-time corruption, e.g. "frames:random"
-    select: str = "mae"  # validation metric for checkpoint selection (minimised)
+    select: str = "auto"  # validation metric for selection: "auto" = mae (regression), acc (classes)
     eval_batch_size: int = 128
     deterministic: bool = True
     progress: bool = False
     accelerator: str = "cpu"
-    max_time_s: float | None = None  # wall-clock cap per seed (benchmarks); selection unchanged
+    # a wall-clock budget per seed for users: checked at epoch ends only, and recorded in
+    # metrics.json as what ended the run; benchmarks never use it (results must not depend on it)
+    max_time_s: float | None = None
+
+    def __post_init__(self) -> None:
+        for k in ("epochs", "min_epochs", "eval_batch_size"):
+            v = getattr(self, k)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ConfigError(f"--{k.replace('_', '-')} {v!r}: expected an integer >= 1")
+        if isinstance(self.patience, bool) or not isinstance(self.patience, int) or self.patience < 0:
+            raise ConfigError(f"patience={self.patience!r}: expected an integer >= 0")
+        if self.max_time_s is not None and not self.max_time_s > 0:
+            raise ConfigError(f"max_time_s={self.max_time_s!r}: expected seconds > 0")
+
+    def display_only(self) -> tuple[str, ...]:
+        """Fields that do not change what is computed (ignored when comparing configs)."""
+        return ("progress", "accelerator", "eval_batch_size")
+
+
+HIGHER_IS_BETTER = ("acc", "f1", "corr", "r2")
+
+
+def select_metric(tcfg: TrainConfig, task: str) -> tuple[str, str]:
+    """(validation metric, "min"|"max") that selects checkpoints and stops early."""
+    name = tcfg.select
+    if name == "auto":
+        name = "acc" if task == "classification" else "mae"
+    return name, ("max" if name.startswith(HIGHER_IS_BETTER) else "min")
+
+
+def _umask_mode() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
 
 
 def write_json(path: Path, obj: Any) -> None:
-    """Write JSON atomically (temporary file, then rename)."""
+    """Write JSON atomically (temporary file, then rename), with the process umask's mode."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     with os.fdopen(fd, "w") as f:
         json.dump(obj, f, indent=2, default=_json_default)
         f.write("\n")
+    os.chmod(tmp, _umask_mode())
     os.replace(tmp, path)
 
 
@@ -75,20 +117,28 @@ def save_state(model: torch.nn.Module, path: Path) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     torch.save(model.state_dict(), tmp)
+    os.chmod(tmp, _umask_mode())
     os.replace(tmp, path)
 
 
 class _IndexSampler(Sampler):
-    """Yields batches of row indices; reshuffled per epoch from (seed, epoch)."""
+    """Yields batches of row indices; the order is a function of (seed, epoch) only. Lightning
+    calls ``set_epoch`` on ``batch_sampler.sampler`` before every epoch (also after a resume),
+    so the sampler is its own ``sampler``."""
 
-    def __init__(self, n: int, batch_size: int, shuffle: bool, seed: int) -> None:
+    def __init__(self, n: int, batch_size: int, shuffle: bool, seed: int, epoch_fn=None) -> None:
         self.n, self.bs, self.shuffle, self.seed, self.epoch = n, batch_size, shuffle, seed, 0
+        self.sampler = self
+        self.epoch_fn = epoch_fn  # the trainer's epoch, read when an epoch's iteration starts
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
 
     def __iter__(self):
         order = np.arange(self.n)
         if self.shuffle:
-            order = np.random.default_rng([self.seed, self.epoch]).permutation(self.n)
-            self.epoch += 1
+            epoch = self.epoch_fn() if self.epoch_fn is not None else self.epoch
+            order = np.random.default_rng([self.seed, epoch]).permutation(self.n)
         for i in range(0, self.n, self.bs):
             yield order[i : i + self.bs].tolist()
 
@@ -107,9 +157,11 @@ class _Rows(torch.utils.data.Dataset):
         return i
 
 
-def loader(split: SplitData, batch_size: int, shuffle: bool = False, seed: int = 0) -> DataLoader:
+def loader(
+    split: SplitData, batch_size: int, shuffle: bool = False, seed: int = 0, epoch_fn=None
+) -> DataLoader:
     """A DataLoader of :class:`Batch` over a split; evaluation loaders never shuffle."""
-    sampler = _IndexSampler(len(split), batch_size, shuffle, seed)
+    sampler = _IndexSampler(len(split), batch_size, shuffle, seed, epoch_fn)
     return DataLoader(
         _Rows(len(split)),
         batch_sampler=sampler,
@@ -121,14 +173,14 @@ def loader(split: SplitData, batch_size: int, shuffle: bool = False, seed: int =
 class LitMSA(L.LightningModule):
     """Wraps any :class:`MSAModel`; applies training-time corruption; logs every loss term."""
 
-    def __init__(self, model: MSAModel, tcfg: TrainConfig, seed: int, label_scale: str) -> None:
+    def __init__(self, model: MSAModel, tcfg: TrainConfig, seed: int, dataset: MSADataset) -> None:
         super().__init__()
         self.model = model
         self.tcfg = tcfg
         self.seed = seed
-        spec = tcfg.corrupt if tcfg.corrupt is not None else model.config.default_corrupt
-        self.corrupt: Protocol | None = parse_protocol(spec)
-        self.metric_fn = metrics_for(label_scale)
+        self.corrupt: Protocol | None = parse_protocol(effective_corrupt(tcfg, model.config))
+        self.metric_fn = dataset_metrics(dataset)
+        self.select, self.mode = select_metric(tcfg, dataset_task(dataset))
         self._val: list[tuple[np.ndarray, np.ndarray]] = []
         self.engine: Any = None
 
@@ -138,9 +190,22 @@ class LitMSA(L.LightningModule):
     def on_train_epoch_start(self) -> None:
         self.model.on_train_epoch_start(self.current_epoch, self.engine)
 
+    def _reseed(self) -> None:
+        """Every random draw of an epoch (dropout, model sampling) is a function of (seed,
+        epoch), so a resumed run replays exactly what an uninterrupted one does. Called at the
+        first training step: after the data iterator drew its own seed, and whether or not
+        Lightning ran on_train_epoch_start (it skips it on some resumes)."""
+        s = int(np.random.SeedSequence([self.seed, self.current_epoch]).generate_state(1)[0])
+        torch.manual_seed(s)
+        np.random.seed(s)
+        random.seed(s)
+
     def training_step(self, batch: Batch, batch_idx: int):
+        if batch_idx == 0:
+            self._reseed()
         if self.corrupt is not None:
             batch = self.corrupt(batch, seed=self.seed * 100_003 + self.current_epoch)
+        batch = self.model.normalize_batch(batch)  # forward and loss see the same scales
         out = self.model(batch)
         losses = self.model.loss(out, batch)
         for k, v in losses.items():
@@ -157,13 +222,21 @@ class LitMSA(L.LightningModule):
         p = np.concatenate([a for a, _ in self._val])
         t = np.concatenate([b for _, b in self._val])
         self._val.clear()
-        m = self.metric_fn(np.nan_to_num(p, nan=0.0), t)
+        finite = bool(np.isfinite(p).all())
+        m = self.metric_fn(np.nan_to_num(p, nan=0.0, posinf=0.0, neginf=0.0), t)
+        if not finite:  # never scored as finite, never selected
+            m = {k: (np.inf if self.mode == "min" else -np.inf) if k == self.select else np.nan
+                 for k in m}
         for k, v in m.items():
-            self.log(f"val/{k}", float(v), prog_bar=k in ("mae",))
+            self.log(f"val/{k}", float(v), prog_bar=k == self.select)
 
     def configure_optimizers(self):
         cfg = self.model.config
         return torch.optim.AdamW(self.model.param_groups(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+class NonFinitePredictions(RunError):
+    """A model predicted NaN or inf (a diverged training)."""
 
 
 @dataclass
@@ -173,22 +246,88 @@ class RunResult:
     config: dict = field(default_factory=dict)
 
 
+def dataset_task(ds: MSADataset) -> str:
+    return "classification" if getattr(ds, "classes", None) else "regression"
+
+
+def dataset_metrics(ds: MSADataset):
+    return metrics_for(ds.label_scale, len(getattr(ds, "classes", None) or ()))
+
+
+def effective_corrupt(tcfg: TrainConfig, mcfg: Any) -> str:
+    """The training corruption that actually runs: the user's, else the model's default."""
+    spec = tcfg.corrupt if tcfg.corrupt is not None else mcfg.default_corrupt
+    return "none" if spec in (None, "", "none") else spec
+
+
+def effective_normalize(mcfg: Any, ds: MSADataset) -> str:
+    """``auto`` -> ``zscore`` unless the dataset declares standardised features."""
+    if mcfg.normalize == "auto":
+        return "none" if getattr(ds, "standardized", False) else "zscore"
+    return mcfg.normalize
+
+
+def dataset_hash(ds: MSADataset) -> str | None:
+    fn = getattr(ds, "content_hash", None)
+    return fn() if fn is not None else None
+
+
 def resolved_config(
     model_name: str, dataset: MSADataset, seed: int, tcfg: TrainConfig, overrides: dict
 ) -> dict:
     mcfg = make_config(model_name, **overrides)
+    train = dataclasses.asdict(tcfg)
+    train["corrupt"] = effective_corrupt(tcfg, mcfg)
+    train["select"] = "/".join(select_metric(tcfg, dataset_task(dataset)))
+    classes = getattr(dataset, "classes", None)
     return {
         "model": model_name,
         "model_config": dataclasses.asdict(mcfg),
-        "overrides": overrides,
-        "train": dataclasses.asdict(tcfg),
+        "overrides": {k: getattr(mcfg, k) for k in overrides},  # typed, as the config holds them
+        "train": train,
+        "normalize": effective_normalize(mcfg, dataset),
         "dataset": dataset.name,
+        "dataset_hash": dataset_hash(dataset),
         "dataset_info": dataset.info,
         "label_scale": dataset.label_scale,
+        "classes": list(classes) if classes else None,
+        "n_classes": len(classes) if classes else 0,
         "dims": dataset.dims,
         "seed": seed,
         "msakit_version": _version(),
     }
+
+
+def config_diff(old: dict, new: dict, ignore_seed: bool = False) -> list[str]:
+    """Keys (dotted) whose values differ between two resolved configs; display-only and
+    version fields are ignored."""
+    skip = {"msakit_version", "dataset_info", "overrides"} | ({"seed"} if ignore_seed else set())
+    skip_train = set(TrainConfig().display_only())
+    out = []
+    for k in sorted(set(old) | set(new)):
+        if k in skip:
+            continue
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            for kk in sorted(set(a) | set(b)):
+                if k == "train" and kk in skip_train:
+                    continue
+                if a.get(kk) != b.get(kk):
+                    out.append(f"{k}.{kk}: {a.get(kk)!r} -> {b.get(kk)!r}")
+        elif a != b:
+            out.append(f"{k}: {a!r} -> {b!r}")
+    return out
+
+
+def check_dataset(cfg: dict, ds: MSADataset, where: str | os.PathLike) -> None:
+    """Refuse to evaluate or resume a run on a dataset of the same name whose content changed
+    since training (its content hash is in config.json)."""
+    want, have = cfg.get("dataset_hash"), dataset_hash(ds)
+    if cfg.get("dataset") == ds.name and want and have and want != have:
+        raise RunError(
+            f"{where}: dataset {ds.name!r} changed since this run was trained (content hash "
+            f"{have[:12]} != {want[:12]} in config.json); retrain, or restore the data"
+        )
 
 
 def _version() -> str:
@@ -239,29 +378,106 @@ def evaluate_model(
     device: str | torch.device | None = None,
 ) -> dict[str, dict[str, float]]:
     """Metrics per split; on synthetic data also ``oracle/<split>`` on the same samples/masks."""
-    fn = metrics_for(dataset.label_scale)
+    fn = dataset_metrics(dataset)
     res: dict[str, dict[str, float]] = {}
     for s in splits:
         r = predict(model, dataset.splits[s], batch_size, protocol, seed, dataset.oracle, device)
+        bad = int((~np.isfinite(r["pred"])).sum())
+        if bad:
+            raise NonFinitePredictions(f"{bad} non-finite predictions on the {s} split")
         res[s] = fn(r["pred"], r["y"])
         if "oracle" in r:
             res[f"oracle/{s}"] = fn(r["oracle"], r["y"])
     return res
 
 
-def load_run_model(run_dir: str | os.PathLike) -> tuple[MSAModel, dict]:
-    """Rebuild a run's model from its config.json and model.pt (``weights_only=True``)."""
+def load_checkpoint(path: Path) -> dict:
+    """``torch.load(path, weights_only=True)`` on every supported torch; a refused or garbage
+    file raises :class:`RunError` naming it (never torch's advice to drop weights_only)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001  (pickle, zip and unpickler errors all mean the same)
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if "weights_only" in first or "Weights only load failed" in str(e):
+            first = "it holds objects other than tensors and plain containers (refused)"
+        raise RunError(f"{path}: not a loadable msakit checkpoint: {first}") from None
+
+
+def load_run_model(
+    run_dir: str | os.PathLike, dataset: MSADataset | None = None
+) -> tuple[MSAModel, dict]:
+    """Rebuild a run's model from its config.json and model.pt (``weights_only=True``); with
+    ``dataset``, refuse it when it is the training dataset with changed content."""
     run_dir = Path(run_dir)
     cfg_path, w_path = run_dir / "config.json", run_dir / "model.pt"
     for p in (cfg_path, w_path):
         if not p.exists():
-            raise FileNotFoundError(f"{p}: not a finished msakit run (missing {p.name})")
-    cfg = json.loads(cfg_path.read_text())
-    model = create_model(cfg["model"], cfg["dims"], **cfg["overrides"])
-    state = torch.load(w_path, map_location="cpu", weights_only=True)
-    model.load_state_dict(state)
+            raise MissingDataError(f"{p}: not a finished msakit run (missing {p.name})")
+    try:
+        cfg = json.loads(cfg_path.read_text())
+        name, dims = cfg["model"], cfg["dims"]
+    except (ValueError, KeyError, UnicodeDecodeError) as e:
+        raise RunError(f"{cfg_path}: not an msakit run config ({e})") from None
+    if dataset is not None:
+        check_dataset(cfg, dataset, run_dir)
+    model = create_model(name, dims, n_classes=cfg.get("n_classes", 0), **cfg.get("overrides", {}))
+    state = load_checkpoint(w_path)
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError, AttributeError) as e:
+        raise RunError(f"{w_path}: weights do not fit the model in config.json ({str(e)[:200]})") from None
     model.eval()
     return model, cfg
+
+
+class RunLock:
+    """An advisory lock on a run folder (``.msakit.lock``), released when the process ends
+    (also on SIGKILL). A second writer gets :class:`RunError` naming the holder."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = Path(run_dir) / ".msakit.lock"
+        self.fd: int | None = None
+
+    def __enter__(self) -> RunLock:
+        import fcntl
+        import socket
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise RunError(
+                f"{self.path.parent}: another msakit process is writing this run folder "
+                f"({holder}); wait for it or use another --out"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
+        self.fd = fd
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.fd is not None:
+            os.ftruncate(self.fd, 0)
+            os.close(self.fd)  # closing releases the flock
+            self.fd = None
+
+
+class _TimeBudget(L.Callback):
+    """Stops after the epoch during which ``max_time_s`` ran out (never mid-epoch)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds, self.t0, self.hit = seconds, 0.0, False
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.t0 = time.monotonic()
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if time.monotonic() - self.t0 >= self.seconds:
+            self.hit = True
+            trainer.should_stop = True
 
 
 def fit_seed(
@@ -271,56 +487,81 @@ def fit_seed(
     run_dir: str | os.PathLike,
     tcfg: TrainConfig | None = None,
     overrides: dict | None = None,
+    verbose: bool = False,
 ) -> RunResult:
-    """Train (or resume, or reuse when finished) one seed into ``run_dir``."""
+    """Train (or resume, or reuse when finished) one seed into ``run_dir``.
+
+    A run folder holds one config: resuming or reusing it with another config, or with a
+    dataset whose content changed, raises :class:`RunError` naming what differs."""
     tcfg = tcfg or TrainConfig()
     overrides = dict(overrides or {})
     run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"--out {run_dir}: exists and is not a folder")
     cfg = resolved_config(model_name, dataset, seed, tcfg, overrides)
-    if (run_dir / "metrics.json").exists() and (run_dir / "model.pt").exists():
-        old = json.loads((run_dir / "config.json").read_text())
-        if {k: old.get(k) for k in ("model", "overrides", "train", "dataset", "seed")} == {
-            k: cfg[k] for k in ("model", "overrides", "train", "dataset", "seed")
-        }:
-            return RunResult(run_dir, json.loads((run_dir / "metrics.json").read_text()), old)
-        raise FileExistsError(
-            f"{run_dir} holds a finished run with a different config; use another --out"
-        )
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_json(run_dir / "config.json", cfg)
+    with RunLock(run_dir):
+        if (run_dir / "config.json").exists():
+            try:
+                old = json.loads((run_dir / "config.json").read_text())
+            except ValueError:
+                raise RunError(f"{run_dir / 'config.json'}: not valid JSON") from None
+            diff = config_diff(old, cfg)
+            if diff:
+                what = "a finished run" if (run_dir / "metrics.json").exists() else "an unfinished run"
+                raise RunError(
+                    f"{run_dir} holds {what} with another config ({'; '.join(diff)}); "
+                    f"use another --out, or the same options to resume"
+                )
+            if (run_dir / "metrics.json").exists() and (run_dir / "model.pt").exists():
+                return RunResult(run_dir, json.loads((run_dir / "metrics.json").read_text()), old)
+        else:
+            write_json(run_dir / "config.json", cfg)
+        return _fit(model_name, dataset, seed, run_dir, tcfg, overrides, cfg, verbose)
 
+
+def _fit(model_name, dataset, seed, run_dir, tcfg, overrides, cfg, verbose) -> RunResult:
     L.seed_everything(seed, workers=True, verbose=False)
     if tcfg.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
-    model = create_model(model_name, dataset.dims, **overrides)
-    lit = LitMSA(model, tcfg, seed, dataset.label_scale)
+    model = create_model(model_name, dataset.dims, n_classes=cfg["n_classes"], **overrides)
+    if cfg["normalize"] == "zscore":
+        model.fit_normalizer(dataset.splits["train"])
+    lit = LitMSA(model, tcfg, seed, dataset)
     lit.engine = EngineContext(dataset, model.config.batch_size, seed)
     bs = model.config.batch_size
-    train_dl = loader(dataset.splits["train"], bs, shuffle=True, seed=seed)
+    train_dl = loader(dataset.splits["train"], bs, shuffle=True, seed=seed,
+                      epoch_fn=lambda: lit.current_epoch)
     val_dl = loader(dataset.splits["valid"], tcfg.eval_batch_size)
 
     ckpt_dir = run_dir / "ckpt"
-    select = f"val/{tcfg.select}"
+    select = f"val/{lit.select}"
     ckpt_cb = L.pytorch.callbacks.ModelCheckpoint(
-        dirpath=ckpt_dir, filename="best", monitor=select, mode="min", save_last=True,
+        dirpath=ckpt_dir, filename="best", monitor=select, mode=lit.mode, save_last=True,
         save_top_k=1, enable_version_counter=False,
     )
-    early = L.pytorch.callbacks.EarlyStopping(monitor=select, mode="min", patience=tcfg.patience)
-    callbacks = [ckpt_cb, early]
+    early = L.pytorch.callbacks.EarlyStopping(
+        monitor=select, mode=lit.mode, patience=tcfg.patience, check_finite=False
+    )
+    callbacks: list[L.Callback] = [ckpt_cb, early]
+    budget = _TimeBudget(tcfg.max_time_s) if tcfg.max_time_s else None
+    if budget:
+        callbacks.append(budget)
     grad_clip = model.config.grad_clip or None
-    with warnings.catch_warnings():
+    last = ckpt_dir / "last.ckpt"
+    # refuse a tampered/garbage checkpoint with one line before Lightning touches it
+    resume_epoch = int(load_checkpoint(last).get("epoch", -1)) + 1 if last.exists() else 0
+    with quiet_lightning(verbose), warnings.catch_warnings():
         warnings.filterwarnings("ignore", ".*does not have many workers.*")
         warnings.filterwarnings("ignore", ".*LeafSpec.*")
         warnings.filterwarnings("ignore", ".*is deprecated.*")
         trainer = L.Trainer(
             max_epochs=tcfg.epochs,
-            max_time=None if tcfg.max_time_s is None else {"seconds": tcfg.max_time_s},
             min_epochs=tcfg.min_epochs,
             accelerator=tcfg.accelerator,
             devices=1,
             callbacks=callbacks,
             default_root_dir=run_dir,
-            logger=L.pytorch.loggers.CSVLogger(run_dir, name="logs", version=""),
+            logger=CSVRows(run_dir / "logs" / "metrics.csv", resume_epoch),
             enable_progress_bar=tcfg.progress,
             enable_model_summary=False,
             deterministic=tcfg.deterministic,
@@ -328,23 +569,103 @@ def fit_seed(
             num_sanity_val_steps=0,
             log_every_n_steps=1,
         )
-        last = ckpt_dir / "last.ckpt"
-        trainer.fit(lit, train_dl, val_dl, ckpt_path=str(last) if last.exists() else None)
+        trainer.fit(lit, train_dl, val_dl, ckpt_path=str(last) if last.exists() else None,
+                    weights_only=True)
 
     best = ckpt_dir / "best.ckpt"
     if best.exists():
-        state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
-        lit.load_state_dict(state)
+        lit.load_state_dict(load_checkpoint(best)["state_dict"])
     device = "cuda" if tcfg.accelerator in ("gpu", "cuda") and torch.cuda.is_available() else "cpu"
     model.to(device)
     model.on_fit_end(lit.engine)  # e.g. HME fills its memory bank from the training split
     model.cpu()
     save_state(model, run_dir / "model.pt")
-    metrics = evaluate_model(model, dataset, batch_size=tcfg.eval_batch_size, device=device)
+    try:
+        metrics = evaluate_model(model, dataset, batch_size=tcfg.eval_batch_size, device=device)
+    except NonFinitePredictions as e:  # only when no validation epoch was finite
+        raise RunError(
+            f"{run_dir}: training diverged: {e} (try a lower lr, --set grad_clip=1, or check "
+            f"the data with msakit datasets --inspect)"
+        ) from None
     model.cpu()
+    if budget is not None and budget.hit:
+        stop = "max_time_s"
+    elif trainer.current_epoch >= tcfg.epochs:
+        stop = "max_epochs"
+    else:
+        stop = "early_stopping"
     metrics["_epochs_trained"] = {"epochs": float(trainer.current_epoch)}
+    metrics["_stopped_by"] = {stop: 1.0}
     write_json(run_dir / "metrics.json", metrics)
     return RunResult(run_dir, metrics, cfg)
+
+
+class CSVRows(L.pytorch.loggers.Logger):
+    """``logs/metrics.csv``, one row per logging call. A resumed run keeps the rows of the
+    epochs before its checkpoint (Lightning's CSVLogger deletes them) and drops any later
+    ones the killed process had written, so the file reads as one uninterrupted run."""
+
+    def __init__(self, path: Path, resume_epoch: int = 0) -> None:
+        super().__init__()
+        self.path = Path(path)
+        self.rows: list[dict] = []
+        if resume_epoch > 0 and self.path.exists():
+            with open(self.path, newline="") as f:
+                self.rows = [r for r in csv.DictReader(f) if int(float(r.get("epoch") or 0)) < resume_epoch]
+        elif self.path.exists():
+            self.path.unlink()
+        self._dirty = True
+
+    @property
+    def name(self) -> str:
+        return "logs"
+
+    @property
+    def version(self) -> str:
+        return ""
+
+    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        row = {k: (v.item() if isinstance(v, torch.Tensor) else v) for k, v in metrics.items()}
+        row["step"] = step
+        self.rows.append(row)
+        self._dirty = True
+
+    def save(self) -> None:
+        if not self._dirty:
+            return
+        keys = sorted({k for r in self.rows for k in r} - {"epoch", "step"})
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=["epoch", "step", *keys], restval="")
+            w.writeheader()
+            w.writerows(self.rows)
+        os.replace(tmp, self.path)
+        self._dirty = False
+
+    def finalize(self, status: str) -> None:
+        self.save()
+
+
+@contextlib.contextmanager
+def quiet_lightning(verbose: bool = False):
+    """Silence Lightning's banners ("GPU available", tips) unless ``verbose``."""
+    if verbose:
+        yield
+        return
+    names = ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning")
+    loggers = [logging.getLogger(n) for n in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, lv in zip(loggers, levels, strict=True):
+            lg.setLevel(lv)
 
 
 @dataclass

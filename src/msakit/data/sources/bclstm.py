@@ -33,6 +33,7 @@ from msakit.data.catalog import pinned, register_summary, require_files
 from msakit.data.dataset import MSADataset
 from msakit.data.registry import DatasetEntry, register_dataset
 from msakit.data.sources.csd import read_csd
+from msakit.errors import ConfigError, DataError, MissingDataError
 
 NAME = "mosi-bclstm"
 LABELS = "cmu-mosi/CMU_MOSI_Opinion_Labels.csd"
@@ -58,21 +59,35 @@ def video_of(utt_id: str) -> str:
     return utt_id.rsplit("_", 1)[0]
 
 
+def _csv(path: Path, **kw) -> pd.DataFrame:
+    """pd.read_csv(path, header=None) whose errors become one-line DataError naming the file."""
+    try:
+        return pd.read_csv(path, header=None, **kw)
+    except FileNotFoundError:
+        raise MissingDataError(f"{path}: not found") from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as e:
+        raise DataError(f"{path}: not a readable CSV ({str(e).strip().splitlines()[0]})") from None
+
+
 def _read(path: Path) -> np.ndarray:
-    return pd.read_csv(path, header=None).to_numpy()
+    a = _csv(path).to_numpy()
+    if a.dtype.kind not in "biuf":
+        raise DataError(f"{path}: expected numbers only (features and a binary label)")
+    return a
 
 
 def split_ids(root: Path, valid_fraction: float = 0.15, split_seed: int = 0) -> dict:
     """``{"train"|"valid"|"test": (transcript rows, utterance ids)}``; valid carved by video."""
     if not 0 < valid_fraction < 1:
-        raise ValueError(f"valid_fraction must be in (0, 1), got {valid_fraction}")
+        raise ConfigError(f"valid_fraction must be in (0, 1), got {valid_fraction}")
     d = root / DIR
-    ids = pd.read_csv(d / "transcripts.csv", header=None, usecols=[0], dtype=str)[0].to_numpy()
+    ids = _csv(d / "transcripts.csv", usecols=[0], dtype=str)[0].to_numpy()
     rows = {}
     for s in ("train", "test"):
-        r = pd.read_csv(d / f"text_{s}.csv", header=None, usecols=[0])[0].to_numpy()
-        if (r != np.round(r)).any() or r.min() < 0 or r.max() >= len(ids):
-            raise ValueError(f"{d / f'text_{s}.csv'}: column 0 must be row indices into "
+        r = _csv(d / f"text_{s}.csv", usecols=[0])[0].to_numpy()
+        if r.dtype.kind not in "biuf" or (r != np.round(r)).any() or r.min() < 0 or (
+                r.max() >= len(ids)):
+            raise DataError(f"{d / f'text_{s}.csv'}: column 0 must be row indices into "
                              f"transcripts.csv (0..{len(ids) - 1})")
         rows[s] = r.astype(np.int64)
     videos = sorted({video_of(i) for i in ids[rows["train"]]})
@@ -100,8 +115,9 @@ def load_mosi_bclstm(
     d = root / DIR
     labels = {f"{vid}_{i + 1}": float(f[i, 0])
               for vid, (f, _) in read_csd(root / LABELS).items() for i in range(len(f))}
-    transcripts = pd.read_csv(d / "transcripts.csv", header=None, dtype=str,
-                              keep_default_na=False)
+    transcripts = _csv(d / "transcripts.csv", dtype=str, keep_default_na=False)
+    if transcripts.shape[1] < 2:
+        raise DataError(f"{d / 'transcripts.csv'}: expected columns id, text, ...")
     text_of = dict(zip(transcripts[0], transcripts[1], strict=True))
     parts = split_ids(root, valid_fraction, split_seed)
     raw = {}  # (modality, authors' split) -> (features, binary labels)
@@ -111,21 +127,21 @@ def load_mosi_bclstm(
             n_expected = len(parts["test"][0]) if s == "test" else (
                 len(parts["train"][0]) + len(parts["valid"][0]))
             if a.shape != (n_expected, DIMS[m] + 1):
-                raise ValueError(f"{d / p / f'{p}_{s}0.csv'}: expected {n_expected} rows of "
+                raise DataError(f"{d / p / f'{p}_{s}0.csv'}: expected {n_expected} rows of "
                                  f"{DIMS[m]} features + binary label, got {a.shape}")
             raw[m, s] = a[:, :-1].astype(np.float32), a[:, -1]
     splits = {}
     for s, (pos, src, ids) in parts.items():
         missing = [i for i in ids if i not in labels]
         if missing:
-            raise ValueError(f"{root / LABELS}: no label for {len(missing)} utterances, "
+            raise DataError(f"{root / LABELS}: no label for {len(missing)} utterances, "
                              f"e.g. {missing[:3]}")
         y = np.array([labels[i] for i in ids], dtype=np.float32)
         for m, p in MODS.items():
             binary = raw[m, src][1][pos]
             disagree = int(((y >= 0).astype(float) != binary).sum())
             if disagree:
-                raise ValueError(
+                raise DataError(
                     f"{d / p / f'{p}_{src}0.csv'}: {disagree} binary labels disagree with the "
                     f"sign of the labels in {root / LABELS}; the files do not belong together"
                 )
@@ -142,18 +158,22 @@ def load_mosi_bclstm(
             sd[sd < 1e-8] = 1.0
             for sp in splits.values():
                 sp.x[m] = ((sp.x[m] - mu) / sd).astype(np.float32)
-    return MSADataset(
-        name=NAME,
-        splits=splits,
-        info={
-            "format": "bc-lstm csv + csd labels",
-            "source": str(root),
-            "split": f"feature authors' train/test; valid = {valid_fraction:.0%} of train videos "
-                     f"(seed {split_seed})",
-            "standardized": standardize,
-            "label_sign_agreement": 1.0,
-        },
-    )
+    try:
+        return MSADataset(
+            name=NAME,
+            splits=splits,
+            standardized=bool(standardize),
+            info={
+                "format": "bc-lstm csv + csd labels",
+                "source": str(root),
+                "split": f"feature authors' train/test; valid = {valid_fraction:.0%} of train "
+                         f"videos (seed {split_seed})",
+                "standardized": standardize,
+                "label_sign_agreement": 1.0,
+            },
+        )
+    except DataError as e:
+        raise DataError(f"{d}: {e}") from None
 
 
 def _summary(root: Path | None) -> dict:

@@ -16,6 +16,8 @@ Catalog: ``mosi-text`` (CMU-MOSI, 2195 utterances) and ``mosei-text`` (CMU-MOSEI
 
 from __future__ import annotations
 
+import codecs
+import io
 from pathlib import Path
 
 import numpy as np
@@ -23,8 +25,9 @@ import pandas as pd
 
 from msakit.data.batch import SplitData
 from msakit.data.catalog import pinned, register_summary, require_files, sha256_file
-from msakit.data.dataset import SPLITS, MSADataset
+from msakit.data.dataset import LABEL_RANGES, SPLITS, MSADataset, check_ids, check_labels
 from msakit.data.registry import DatasetEntry, register_dataset, register_path_loader
+from msakit.errors import ConfigError, DataError, MissingDataError
 
 _PER_MODALITY = {"label_T": "text", "label_A": "audio", "label_V": "vision"}
 _MODE_ALIASES = {"dev": "valid", "val": "valid", "validation": "valid"}
@@ -35,29 +38,61 @@ def _modes(col: pd.Series) -> pd.Series:
     return col.replace(_MODE_ALIASES)
 
 
+def _decode(path: Path) -> str:
+    """The file's text; DataError naming the encoding (or "not UTF-8") and byte offset."""
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        boms = {codecs.BOM_UTF32_LE: "UTF-32", codecs.BOM_UTF32_BE: "UTF-32",
+                codecs.BOM_UTF16_LE: "UTF-16", codecs.BOM_UTF16_BE: "UTF-16"}
+        enc = next((v for k, v in boms.items() if raw.startswith(k)), None)
+        if enc is None and raw[1:200:2].count(0) > 40:
+            enc = "UTF-16"  # no BOM, but every other byte is NUL
+        detected = f"looks like {enc}, " if enc else ""
+        raise DataError(
+            f"{path}: not UTF-8 ({detected}invalid byte 0x{raw[e.start]:02x} at byte offset "
+            f"{e.start}); save it as UTF-8"
+        ) from None
+
+
 def read_label_csv(path: str | Path) -> pd.DataFrame:
-    """The rows of a label.csv as a DataFrame with columns id, text, label, mode (+ label_T/A/V)."""
+    """The rows of a label.csv as a DataFrame with columns id, text, label, mode (+ label_T/A/V).
+
+    Raises MissingDataError, or DataError for a file that is not UTF-8, has no data rows,
+    lacks a column (named), or holds an unknown mode or a non-numeric label."""
     path = Path(path)
-    df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    if not path.is_file():
+        raise MissingDataError(f"label.csv not found: {path}")
+    text = _decode(path)
+    try:
+        df = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{path}: empty file; expected a header id,text,label,mode") from None
+    except (pd.errors.ParserError, ValueError) as e:
+        raise DataError(f"{path}: not a readable CSV ({str(e).strip().splitlines()[0]})") from None
+    df.columns = [str(c).strip() for c in df.columns]
     if "id" not in df.columns and {"video_id", "clip_id"} <= set(df.columns):
         df["id"] = df["video_id"] + "_" + df["clip_id"]
     missing = [c for c in ("id", "text", "label", "mode") if c not in df.columns]
     if missing:
-        raise ValueError(
+        raise DataError(
             f"{path}: missing columns {missing}; a label.csv needs id (or video_id and clip_id), "
             f"text, label, mode; found {list(df.columns)}"
         )
+    if df.empty:
+        raise DataError(f"{path}: header only, no data rows")
     df["mode"] = _modes(df["mode"])
     bad_mode = sorted(set(df["mode"]) - set(SPLITS))
     if bad_mode:
-        raise ValueError(f"{path}: column 'mode' has {bad_mode}; expected one of {SPLITS} "
-                         f"(or dev/val for valid)")
+        raise DataError(f"{path}: column 'mode' has {bad_mode}; expected one of {SPLITS} "
+                        f"(or dev/val for valid)")
     for col in ("label", "label_T", "label_A", "label_V"):
         if col in df.columns:
             vals = pd.to_numeric(df[col], errors="coerce")
             if vals.isna().any():
                 row = int(np.flatnonzero(vals.isna().to_numpy())[0])
-                raise ValueError(
+                raise DataError(
                     f"{path}: column {col!r} row {row + 2} is {df[col].iloc[row]!r}, expected a number"
                 )
             df[col] = vals.astype(np.float32)
@@ -68,7 +103,7 @@ def _limited(df: pd.DataFrame, limit: int | None) -> pd.DataFrame:
     if limit is None:
         return df
     if limit < 1:
-        raise ValueError(f"limit must be >= 1 (rows per split), got {limit}")
+        raise ConfigError(f"limit must be >= 1 (rows per split), got {limit}")
     return df.groupby("mode", sort=False, group_keys=False).head(limit)
 
 
@@ -88,44 +123,53 @@ def load_label_csv(
 
     encoder: HF hub name or local path (default: the packaged MiniLM). limit: keep the first
     ``limit`` rows of each split (quick checks). label_scale: "mosi" or "sims"; by default "sims"
-    when every label lies in [-1, 1] and per-modality labels exist.
+    when every label lies in [-1, 1] and per-modality labels exist. The file, labels and ids are
+    validated before any text is encoded.
     """
     from msakit.features.text import TextEncoder, cached_encode
 
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"label.csv not found: {path}")
     df = _limited(read_label_csv(path), limit)
+    has_m = [c for c in _PER_MODALITY if c in df.columns]
+    if label_scale is None:
+        in_unit = bool(np.abs(df["label"].to_numpy()).max() <= 1)
+        label_scale = "sims" if in_unit and has_m else "mosi"
+    if label_scale not in LABEL_RANGES:
+        raise ConfigError(f"label_scale must be one of {list(LABEL_RANGES)}, got {label_scale!r}")
+    name = name or str(path.resolve())  # a name load_dataset resolves again (msakit eval)
+    rows = {s: np.flatnonzero((df["mode"] == s).to_numpy()) for s in SPLITS}
+    for s, r in rows.items():  # checked before the (slow) text encoding
+        if not len(r):
+            raise DataError(f"{path}: no rows with mode {s!r}; every split needs rows")
+        sub = df.iloc[r]
+        for col in ("label", *has_m):
+            check_labels(f"{path}: split {s!r}", sub[col].to_numpy(), sub["id"].tolist(),
+                         LABEL_RANGES[label_scale], field_name=col)
+    check_ids(name, {s: df["id"].iloc[r].tolist() for s, r in rows.items()})
+
     enc = TextEncoder(encoder, max_length=max_length, device=device, batch_size=batch_size)
     texts = df["text"].tolist()
     feats, mask, ids = cached_encode(
         enc, texts, source_key=f"{sha256_file(path)}|limit={limit}", progress=progress
     )
-    has_m = [c for c in _PER_MODALITY if c in df.columns]
     splits = {}
-    for s in SPLITS:
-        rows = np.flatnonzero((df["mode"] == s).to_numpy())
-        if not len(rows):
-            raise ValueError(f"{path}: no rows with mode {s!r}")
-        n = len(rows)
-        sub = df.iloc[rows]
+    for s, r in rows.items():
+        n = len(r)
+        sub = df.iloc[r]
         placeholder = np.zeros((n, 1, 1), dtype=np.float32)
         zeros = np.zeros(n, dtype=np.int64)
         splits[s] = SplitData(
-            x={"text": feats[rows], "audio": placeholder, "vision": placeholder.copy()},
-            lengths={"text": mask[rows].sum(1), "audio": zeros, "vision": zeros.copy()},
+            x={"text": feats[r], "audio": placeholder, "vision": placeholder.copy()},
+            lengths={"text": mask[r].sum(1), "audio": zeros, "vision": zeros.copy()},
             y=sub["label"].to_numpy(),
             ids=sub["id"].tolist(),
             y_m={_PER_MODALITY[c]: sub[c].to_numpy() for c in has_m} or None,
-            text_ids=ids[rows],
-            text_ids_mask=mask[rows],
+            text_ids=ids[r],
+            text_ids_mask=mask[r],
             raw_text=sub["text"].tolist(),
         )
-    if label_scale is None:
-        in_unit = bool(np.abs(df["label"].to_numpy()).max() <= 1)
-        label_scale = "sims" if in_unit and has_m else "mosi"
     return MSADataset(
-        name=name or str(path.resolve()),  # a name load_dataset resolves again (msakit eval)
+        name=name,
         splits=splits,
         label_scale=label_scale,
         info={"format": "label.csv", "source": str(path), "encoder": enc.name,

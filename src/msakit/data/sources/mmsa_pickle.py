@@ -15,13 +15,18 @@ all-zero steps are padding). -inf/NaN (MOSI audio holds -inf) become 0, counted 
 
 Unpickling can run arbitrary code, so files are read with :class:`RestrictedUnpickler`, which
 admits only numpy array/dtype/scalar reconstruction and plain containers; anything else is
-refused before it is called.
+refused before it is called, as is any array whose declared size exceeds the file's (checked
+before numpy allocates it) and any object array not of strings or structured dtype. Every bad
+file gives one :class:`~msakit.errors.DataError` line naming it.
 """
 
 from __future__ import annotations
 
 import codecs
 import collections
+import functools
+import math
+import os
 import pickle
 import warnings
 from pathlib import Path
@@ -32,6 +37,7 @@ from msakit.data.batch import MODALITIES, SplitData
 from msakit.data.catalog import pinned, register_summary
 from msakit.data.dataset import SPLITS, MSADataset
 from msakit.data.registry import DatasetEntry, register_dataset, register_path_loader
+from msakit.errors import DataError, MissingDataError
 
 _np_core = getattr(np, "_core", None) or np.core  # numpy 2 / numpy 1
 _MULTIARRAY = _np_core.multiarray
@@ -48,20 +54,102 @@ _SAFE_GLOBALS.update({
     ("_codecs", "encode"): codecs.encode,  # how protocol 2 stores bytes (array buffers)
     ("collections", "OrderedDict"): collections.OrderedDict,
 })
-for _b in (set, frozenset, complex, bytearray):  # protocol <= 2 writes Python 2's module name
+for _b in (set, frozenset, complex, bytes, bytearray):  # protocol <= 2: Python 2's module name
     _SAFE_GLOBALS[("builtins", _b.__name__)] = _SAFE_GLOBALS[("__builtin__", _b.__name__)] = _b
 
 
-class UnsafePickleError(pickle.UnpicklingError):
-    """A pickle asked for a global outside the allow-list; nothing from it was called."""
+class UnsafePickleError(DataError, pickle.UnpicklingError):
+    """A pickle asked for a global outside the allow-list, or for an array its file cannot
+    hold; nothing from it was called or allocated."""
+
+
+_ARRAY_KINDS = "biufcUSO"  # object arrays only of strings (MMSA's ids, raw_text); no structs
+
+
+class _LoadedArray(np.ndarray):
+    """What a restricted load builds arrays as: each array's state (shape, dtype) is checked
+    before numpy allocates it. Subclassed per load with ``_guard``; viewed back as ndarray."""
+
+    _guard: RestrictedUnpickler
+
+    def __new__(cls, *args, **kwargs):
+        raise UnsafePickleError(f"{cls._guard.source}: refused a direct numpy.ndarray(...) call")
+
+    def __setstate__(self, state):
+        if not isinstance(state, tuple) or len(state) not in (4, 5):
+            raise UnsafePickleError(f"{self._guard.source}: malformed numpy array state")
+        shape, dtype, _, raw = state[-4:]
+        self._guard.check(shape, dtype)
+        if np.dtype(dtype).hasobject:
+            items = raw if isinstance(raw, list) else [raw]
+            other = [v for v in items if not isinstance(v, str | bytes)]
+            if other:
+                raise UnsafePickleError(
+                    f"{self._guard.source}: refused an object array holding "
+                    f"{type(other[0]).__name__}; only numeric arrays or arrays of strings are "
+                    f"allowed"
+                )
+        super().__setstate__(state)
 
 
 class RestrictedUnpickler(pickle.Unpickler):
-    """An Unpickler that resolves only numpy array reconstruction and plain containers."""
+    """An Unpickler that resolves only numpy array reconstruction and plain containers, and
+    refuses any array or buffer larger than ``max_bytes`` (default: the file's size) before
+    allocating it, and object (other than strings) or structured dtypes."""
 
-    def __init__(self, file, source: str = "<pickle>") -> None:
+    def __init__(self, file, source: str = "<pickle>", max_bytes: int | None = None) -> None:
         super().__init__(file)
         self.source = source
+        if max_bytes is None and getattr(file, "seekable", lambda: False)():
+            pos = file.tell()
+            max_bytes = file.seek(0, os.SEEK_END)
+            file.seek(pos)
+        self.max_bytes = max_bytes
+        self.array_type = type("ndarray", (_LoadedArray,), {"_guard": self})
+
+    def check(self, shape, dtype) -> None:
+        """Refuse a declared array the file cannot hold, or an unsupported dtype."""
+        try:
+            dt = np.dtype(dtype)
+            dims = [int(d) for d in (shape if isinstance(shape, tuple | list) else (shape,))]
+        except (TypeError, ValueError) as e:
+            raise UnsafePickleError(f"{self.source}: malformed numpy array header ({e})") from None
+        if dt.kind not in _ARRAY_KINDS or dt.names is not None or dt.subdtype is not None:
+            raise UnsafePickleError(
+                f"{self.source}: refused an array of dtype {dt} (structured/void/other); only "
+                f"numeric or string arrays are allowed"
+            )
+        nbytes = math.prod(dims) * dt.itemsize
+        if min(dims, default=0) < 0 or (self.max_bytes is not None and nbytes > self.max_bytes):
+            raise UnsafePickleError(
+                f"{self.source}: refused an array of shape {tuple(dims)} and dtype {dt} "
+                f"({nbytes} bytes): larger than the whole file ({self.max_bytes} bytes) can hold"
+            )
+
+    def _reconstruct(self, subtype, shape, dtype):
+        if subtype is not self.array_type:
+            raise UnsafePickleError(f"{self.source}: refused _reconstruct of {subtype!r}")
+        self.check(shape, dtype)
+        return _MULTIARRAY._reconstruct(subtype, shape, dtype)
+
+    def _frombuffer(self, buf, dtype, shape, *args):
+        self.check(shape, dtype)
+        return _NUMERIC._frombuffer(buf, dtype, shape, *args)
+
+    def _scalar(self, dtype, *args):
+        self.check((), dtype)
+        return _MULTIARRAY.scalar(dtype, *args)
+
+    def _bytes(self, kind: type, *args):
+        if args and not isinstance(args[0], str | bytes | bytearray):  # bytes(n) allocates n
+            raise UnsafePickleError(
+                f"{self.source}: refused {kind.__name__}({type(args[0]).__name__})")
+        return kind(*args)
+
+    def _encode(self, obj, encoding="utf-8", errors="strict"):
+        if not isinstance(obj, str) or encoding not in ("latin1", "latin-1"):
+            raise UnsafePickleError(f"{self.source}: refused _codecs.encode(..., {encoding!r})")
+        return codecs.encode(obj, encoding, errors)
 
     def find_class(self, module: str, name: str):
         obj = _SAFE_GLOBALS.get((module, name))
@@ -71,17 +159,51 @@ class RestrictedUnpickler(pickle.Unpickler):
                 f"numpy arrays, plain containers, strings and numbers (loading other objects "
                 f"can run code); nothing from this file was executed"
             )
-        return obj
+        guarded = {_MULTIARRAY._reconstruct: self._reconstruct, np.ndarray: self.array_type,
+                   _NUMERIC._frombuffer: self._frombuffer, _MULTIARRAY.scalar: self._scalar,
+                   bytes: functools.partial(self._bytes, bytes),
+                   bytearray: functools.partial(self._bytes, bytearray),
+                   codecs.encode: self._encode}
+        return guarded.get(obj, obj)
 
     def persistent_load(self, pid):
         raise UnsafePickleError(f"{self.source}: refused persistent id {pid!r}")
 
 
+def _plain(obj):
+    """Loaded containers with every guarded array viewed back as a plain ndarray."""
+    if isinstance(obj, _LoadedArray):
+        return obj.view(np.ndarray)
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            obj[k] = _plain(v)
+    elif isinstance(obj, list):
+        obj[:] = [_plain(v) for v in obj]
+    elif isinstance(obj, tuple):
+        return tuple(_plain(v) for v in obj)
+    return obj
+
+
 def safe_load_pickle(path: str | Path) -> object:
-    """Load a pickle with :class:`RestrictedUnpickler` (numpy arrays and containers only)."""
+    """Load a pickle with :class:`RestrictedUnpickler` (numpy arrays and containers only).
+
+    Raises MissingDataError, or DataError (one line naming the file) for anything else wrong:
+    empty, truncated, not a pickle, refused globals, arrays larger than the file."""
     path = Path(path)
+    if not path.is_file():
+        raise MissingDataError(f"pickle not found: {path}")
     with open(path, "rb") as f:
-        return RestrictedUnpickler(f, source=str(path)).load()
+        if os.fstat(f.fileno()).st_size == 0:
+            raise DataError(f"{path}: empty file; expected a pickle")
+        try:
+            return _plain(RestrictedUnpickler(f, source=str(path)).load())
+        except DataError:
+            raise
+        except Exception as e:  # anything a hostile or broken byte stream can raise
+            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+            what = ("truncated (the pickle stream ends early)"
+                    if isinstance(e, EOFError) or "truncated" in msg else "not a valid pickle")
+            raise DataError(f"{path}: {what} ({type(e).__name__}: {msg})") from None
 
 
 def clean_nonfinite(arr: np.ndarray) -> int:
@@ -113,55 +235,67 @@ def trailing_lengths(arr: np.ndarray) -> np.ndarray:
     return np.where(nz.any(axis=1), last, 0).astype(np.int64)
 
 
+def _array(d: dict, key: str, where: str, dtype=None, copy: bool = False) -> np.ndarray:
+    try:
+        return np.array(d[key], dtype=dtype, copy=copy or None)
+    except (TypeError, ValueError) as e:
+        msg = str(e).splitlines()[0]
+        raise DataError(f"{where}.{key}: expected a numeric array ({msg})") from None
+
+
 def _split_data(d: dict, split: str, src: str, counts: dict[str, int]) -> SplitData:
+    where = f"{src}: {split}"
     if not isinstance(d, dict):
-        raise ValueError(f"{src}: split {split!r} must be a dict of arrays, got {type(d).__name__}")
+        raise DataError(f"{src}: split {split!r} must be a dict of arrays, got {type(d).__name__}")
     if "regression_labels" not in d:
-        raise ValueError(
-            f"{src}: split {split!r} has no 'regression_labels' (keys: {sorted(d)}); "
+        raise DataError(
+            f"{src}: split {split!r} has no 'regression_labels' (keys: {sorted(map(str, d))}); "
             f"expected an MMSA feature pickle"
         )
-    y = np.asarray(d["regression_labels"], dtype=np.float32).reshape(-1)
+    y = _array(d, "regression_labels", where, np.float32).reshape(-1)
     n = len(y)
     text_ids = text_mask = None
     if "text_bert" in d:
-        tb = np.asarray(d["text_bert"])
+        tb = _array(d, "text_bert", where, np.float64)
         if tb.ndim != 3 or tb.shape[0] != n or tb.shape[1] < 2:
-            raise ValueError(f"{src}: {split}.text_bert must be (N={n}, 3, L), got {tb.shape}")
+            raise DataError(f"{where}.text_bert must be (N={n}, 3, L), got {tb.shape}")
         text_ids, text_mask = tb[:, 0].astype(np.int64), tb[:, 1] > 0
     x, lengths = {}, {}
     for m in MODALITIES:
         if m not in d:
             continue
-        arr = np.array(d[m], dtype=np.float32)  # a copy: cleaned in place below
+        arr = _array(d, m, where, np.float32, copy=True)  # a copy: cleaned in place below
         if arr.ndim == 2:  # one vector per sample
             arr = arr[:, None, :]
         if arr.ndim != 3 or arr.shape[0] != n:
-            raise ValueError(f"{src}: {split}.{m} must be (N={n}, L, D), got {arr.shape}")
+            raise DataError(f"{where}.{m} must be (N={n}, L, D), got {arr.shape}")
         counts[f"{split}/{m}"] = clean_nonfinite(arr)
         L = arr.shape[1]
         if f"{m}_lengths" in d:
-            lens = np.asarray(d[f"{m}_lengths"], dtype=np.int64).reshape(-1)
+            lens = _array(d, f"{m}_lengths", where, np.float64).reshape(-1)
         elif m == "text" and text_mask is not None and text_mask.shape[1] == L:
             lens = text_mask.sum(axis=1)
         else:
             lens = trailing_lengths(arr)
         if lens.shape != (n,):
-            raise ValueError(f"{src}: {split}.{m}_lengths must have N={n} entries, got {lens.shape}")
-        x[m], lengths[m] = arr, np.clip(lens, 0, L)
+            raise DataError(f"{where}.{m}_lengths must have N={n} entries, got {lens.shape}")
+        x[m], lengths[m] = arr, lens
     if not x:
-        raise ValueError(f"{src}: split {split!r} has none of the feature keys {MODALITIES}")
+        raise DataError(f"{src}: split {split!r} has none of the feature keys {MODALITIES}")
     y_m = {
-        m: np.asarray(d[f"regression_labels_{k}"], dtype=np.float32).reshape(-1)
+        m: _array(d, f"regression_labels_{k}", where, np.float32).reshape(-1)
         for m, k in zip(MODALITIES, "TAV", strict=True)
         if f"regression_labels_{k}" in d
     }
     ids = [str(i) for i in d["id"]] if "id" in d else [f"{split}_{i}" for i in range(n)]
     raw = [str(t) for t in d["raw_text"]] if "raw_text" in d else None
-    return SplitData(
-        x=x, lengths=lengths, y=y, ids=ids, y_m=y_m or None,
-        text_ids=text_ids, text_ids_mask=text_mask, raw_text=raw,
-    )
+    try:
+        return SplitData(
+            x=x, lengths=lengths, y=y, ids=ids, y_m=y_m or None,
+            text_ids=text_ids, text_ids_mask=text_mask, raw_text=raw,
+        )
+    except DataError as e:
+        raise DataError(f"{where}: {str(e).removeprefix('SplitData: ')}") from None
 
 
 def load_mmsa_pickle(
@@ -172,14 +306,15 @@ def load_mmsa_pickle(
     label_scale: "mosi" ([-3, 3]) or "sims" ([-1, 1]); by default "sims" when every label lies
     in [-1, 1] and the file looks like SIMS (per-modality labels, or "sims" in its path).
     name: default the file's absolute path, so a saved run can load it again.
+    Raises MissingDataError, or DataError naming the file for anything malformed or unsafe.
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"MMSA pickle not found: {path}")
+        raise MissingDataError(f"MMSA pickle not found: {path}")
     data = safe_load_pickle(path)
     if not isinstance(data, dict) or any(s not in data for s in SPLITS):
-        keys = sorted(data) if isinstance(data, dict) else type(data).__name__
-        raise ValueError(f"{path}: expected a dict with keys {SPLITS}, got {keys}")
+        keys = sorted(map(str, data)) if isinstance(data, dict) else type(data).__name__
+        raise DataError(f"{path}: expected a dict with keys {SPLITS}, got {keys}")
     counts: dict[str, int] = {}
     splits = {s: _split_data(data[s], s, str(path), counts) for s in SPLITS}
     warn_nonfinite(str(path), counts)
@@ -187,16 +322,20 @@ def load_mmsa_pickle(
         in_unit = all(np.abs(sd.y).max(initial=0) <= 1 for sd in splits.values())
         sims_like = splits["train"].y_m is not None or "sims" in str(path).lower()
         label_scale = "sims" if in_unit and sims_like else "mosi"
-    return MSADataset(
-        name=name or str(path.resolve()),  # a name load_dataset resolves again (msakit eval)
-        splits=splits,
-        label_scale=label_scale,
-        info={
-            "format": "mmsa-pickle",
-            "source": str(path),
-            "nonfinite_replaced": {k: v for k, v in counts.items() if v},
-        },
-    )
+    name = name or str(path.resolve())  # a name load_dataset resolves again (msakit eval)
+    try:
+        return MSADataset(
+            name=name,
+            splits=splits,
+            label_scale=label_scale,
+            info={
+                "format": "mmsa-pickle",
+                "source": str(path),
+                "nonfinite_replaced": {k: v for k, v in counts.items() if v},
+            },
+        )
+    except DataError as e:
+        raise DataError(str(e) if name == str(path.resolve()) else f"{path}: {e}") from None
 
 
 register_path_loader(lambda p: p.is_file() and p.suffix == ".pkl", load_mmsa_pickle)
