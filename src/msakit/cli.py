@@ -214,14 +214,15 @@ def datasets(
 @app.command()
 def demo(
     out: Annotated[Path, typer.Option(help="output folder")] = Path("runs/demo"),
-    epochs: int = 8,
-    seeds: Annotated[list[int], typer.Option()] = [1111, 1112],  # noqa: B006
+    seeds: Annotated[list[int], typer.Option(help="seeds per model")] = [1111, 1112],  # noqa: B006
+    workers: Annotated[int | None, typer.Option(help="parallel training processes (default: CPUs)")] = None,
+    verbose: Annotated[bool, typer.Option(help="show Lightning's own messages")] = False,
 ) -> None:
-    """Train and evaluate a few models on the synthetic benchmark (and on CMU-MOSI when its
-    files are found) and print a results table."""
+    """Train every model on the synthetic benchmark (with its Bayes-optimal oracle) and on real
+    CMU-MOSI when its files are found; print the results and a missing-modality sweep figure."""
     from msakit.demo import run_demo
 
-    run_demo(out, epochs=epochs, seeds=seeds, console=console)
+    run_demo(out, seeds=seeds, console=console, workers=workers, verbose=verbose)
 
 
 def _split_list(values: list[str] | str | None) -> list[str]:
@@ -323,7 +324,9 @@ def matrix(
     )
     from msakit.evaluate.robustness import PLOT_METRICS
 
-    scale = "sims" if "acc2" in set(res["summary"].metric) else "mosi"
+    from msakit.evaluate.robustness import kind_of_metrics
+
+    scale = kind_of_metrics(res["summary"].metric)
     for p in dict.fromkeys(res["headline"].protocol):
         h = res["headline"][res["headline"].protocol == p]
         console.print(_headline_table(f"{p} on {res['dataset']}", h, PLOT_METRICS[scale]))

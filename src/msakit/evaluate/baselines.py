@@ -69,7 +69,7 @@ def ridge_concat(ds: MSADataset, modalities: tuple[str, ...] | None = None) -> d
         return np.concatenate([data[s][0][m] for m in mods], 1)
 
     r = _fit_ridge(X("train"), data["train"][2], X("valid"), data["valid"][2])
-    return metrics_for(ds.label_scale)(r.predict(X("test")), data["test"][2])
+    return _metrics(ds)(r.predict(X("test")), data["test"][2])
 
 
 def ridge_experts(ds: MSADataset, protocol: str | None, seed: int = 0) -> dict:
@@ -93,4 +93,14 @@ def ridge_experts(ds: MSADataset, protocol: str | None, seed: int = 0) -> dict:
                 np.concatenate([va[0][m] for m in sub], 1), va[2],
             )
             pred[rows] = r.predict(np.concatenate([te_x[m][rows] for m in sub], 1))
-    return metrics_for(ds.label_scale)(pred, te_y)
+    return _metrics(ds)(pred, te_y)
+
+
+def _metrics(ds: MSADataset):
+    return metrics_for(ds.label_scale, 0, getattr(ds, "label_range", None))
+
+
+def median_predictor(ds: MSADataset) -> dict:
+    """Test metrics of predicting the training labels' median for every sample (regression)."""
+    y_tr, y_te = ds.splits["train"].y, ds.splits["test"].y
+    return _metrics(ds)(np.full(len(y_te), float(np.median(y_tr))), y_te)

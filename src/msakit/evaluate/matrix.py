@@ -29,6 +29,7 @@ from msakit.data.registry import load_dataset
 from msakit.errors import ConfigError
 from msakit.evaluate.robustness import (
     PLOT_METRICS,
+    metric_kind,
     SUMMARY_COLUMNS,
     fingerprint,
     parse_levels,
@@ -107,7 +108,7 @@ def run_matrix(
     if not models or not protocols or not seeds:
         raise ConfigError("matrix: --models, --protocols and --seeds must each name at least one")
     ds = dataset if isinstance(dataset, MSADataset) else load_dataset(dataset)
-    lv = {p: parse_levels((levels or {}).get(p), p) for p in protocols}
+    lv = {p: parse_levels((levels or {}).get(p), p, ds.modalities) for p in protocols}
     per_model = parse_overrides(overrides, models)
     corrupts = [corrupt_label(c) for c in train_corrupt]
     tags = [corrupt_tag(c) for c in corrupts]
@@ -149,7 +150,7 @@ def run_matrix(
     summary = pd.concat(summaries, ignore_index=True)
     headline = pd.concat(headlines, ignore_index=True)
     write_text(out / "matrix.csv", summary.to_csv(index=False, float_format="%.10g", lineterminator="\n"))
-    write_text(out / "matrix.md", matrix_markdown(summary, headline, ds.label_scale, ds.name))
+    write_text(out / "matrix.md", matrix_markdown(summary, headline, metric_kind(ds), ds.name))
     plan = {
         "dataset": ds.name, "models": models, "train_corrupt": corrupts,
         "seeds": list(seeds), "epochs": epochs, "protocol_seed": protocol_seed, "split": split,

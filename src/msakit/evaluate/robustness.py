@@ -52,8 +52,28 @@ DEFAULT_LEVELS: dict[str, list[str]] = {
 TABLE_METRICS = {
     "mosi": ("acc2_non0", "f1_non0", "acc2_has0", "acc7", "mae", "corr"),
     "sims": ("acc2", "f1", "acc5", "mae", "corr"),
+    "range": ("mae", "rmse", "corr", "acc_round"),
+    "classification": ("acc", "f1_weighted", "f1_macro"),
 }
-PLOT_METRICS = {"mosi": ("acc2_non0", "mae"), "sims": ("acc2", "mae")}
+PLOT_METRICS = {
+    "mosi": ("acc2_non0", "mae"), "sims": ("acc2", "mae"), "range": ("mae", "corr"),
+    "classification": ("acc", "f1_weighted"),
+}
+
+
+def metric_kind(ds: MSADataset) -> str:
+    """Which metric family a dataset reports: its label scale, or "classification"."""
+    return "classification" if getattr(ds, "classes", None) else ds.label_scale
+
+
+def kind_of_metrics(names) -> str:
+    """The metric family that produced these metric names (inverse of :func:`metric_kind`)."""
+    names = set(names)
+    if "f1_weighted" in names:
+        return "classification"
+    if "rmse" in names:
+        return "range"
+    return "sims" if "acc2" in names else "mosi"
 SUMMARY_COLUMNS = ["model", "protocol", "level", "metric", "mean", "std", "n_seeds"]
 
 
@@ -69,14 +89,33 @@ def _fmt(v: float) -> str:
     return f"{round(v, 10):g}"
 
 
-def parse_levels(spec: str | Sequence[str] | None, protocol: str) -> list[str]:
+def default_levels(name: str, modalities: Sequence[str] | None = None) -> list[str]:
+    """The protocol's standard levels, fitted to the dataset's modalities: ``modality`` stops
+    at the highest realisable rate (V-1)/V (one modality is always kept), ``subset`` lists
+    only subsets of the modalities the dataset has."""
+    if name not in DEFAULT_LEVELS:
+        raise ConfigError(f"--levels: protocol {name!r} has no default levels; give --levels")
+    levels = list(DEFAULT_LEVELS[name])
+    if modalities:
+        v = len(modalities)
+        if name == "modality":
+            cap = (v - 1) / v if v > 1 else 0.0
+            levels = [lv for lv in levels if float(lv) <= cap + 0.05]
+        elif name == "subset":
+            have = {m[0] if m != "text" else "l" for m in modalities}
+            levels = [lv for lv in levels if set(lv) <= have]
+    return levels
+
+
+def parse_levels(
+    spec: str | Sequence[str] | None, protocol: str, modalities: Sequence[str] | None = None
+) -> list[str]:
     """``"0,0.1,0.2"``, ``"0:0.9:0.1"`` (start:stop:step, stop included), ``"0,0.1,...,0.9"``
-    or ``"l,a,v,la"`` -> level strings; None -> the protocol's default levels."""
+    or ``"l,a,v,la"`` -> level strings; None -> the protocol's default levels for a dataset
+    with these ``modalities``."""
     name = protocol.split(":")[0]
     if spec is None or (isinstance(spec, str) and not spec.strip()):
-        if name not in DEFAULT_LEVELS:
-            raise ConfigError(f"--levels: protocol {name!r} has no default levels; give --levels")
-        return list(DEFAULT_LEVELS[name])
+        return default_levels(name, modalities)
     parts = [p.strip() for p in (spec.split(",") if isinstance(spec, str) else spec) if str(p).strip()]
     out: list[str] = []
     for i, p in enumerate(parts):
@@ -217,7 +256,7 @@ def sweep(
     """Evaluate every seed of every run under ``protocol`` at each level (see module doc)."""
     groups = [r for r in runs if isinstance(r, RunGroup)] or resolve_runs(runs)  # type: ignore[arg-type]
     name = protocol.split(":")[0]
-    levels = parse_levels(levels, protocol)
+    levels_spec = levels
     if isinstance(dataset, MSADataset):
         ds = dataset
     else:
@@ -230,6 +269,7 @@ def sweep(
         ds = load_dataset(dataset if dataset is not None else groups[0].dataset)
     if split not in ds.splits:
         raise ConfigError(f"--split {split!r}: dataset {ds.name!r} has {list(ds.splits)}")
+    levels = parse_levels(levels_spec, protocol, ds.modalities)
     sd = ds.splits[split]
     fn = dataset_metrics(ds)
     device = torch.device(device)
@@ -288,7 +328,7 @@ def sweep(
     summary, headline = summarise(per_seed)
     meta = {
         "protocol": protocol, "levels": levels, "protocol_seed": protocol_seed, "split": split,
-        "dataset": ds.name, "label_scale": ds.label_scale, "n_samples": len(sd),
+        "dataset": ds.name, "label_scale": metric_kind(ds), "n_samples": len(sd),
         "oracle": use_oracle, "batch_size": batch_size, "device": str(device),
         "runs": [{"label": g.label, "path": str(g.path), "model": g.model, "train_corrupt": g.corrupt,
                   "seeds": [str(c.get("seed")) for c in g.configs]} for g in groups],

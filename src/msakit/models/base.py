@@ -273,7 +273,7 @@ def validate_config(cfg: ModelConfig, where: str = "") -> ModelConfig:
             elif k == "lr" or k.endswith("_lr"):
                 if v <= 0:
                     raise ConfigError(f"{pre}{k}={v}: expected a learning rate > 0")
-            elif v < 0 and not k.endswith(("_offset", "alpha")):
+            elif v < 0 and not k.endswith(("_offset", "alpha", "threshold")):
                 raise ConfigError(f"{pre}{k}={v}: expected a number >= 0")
     if cfg.default_corrupt is not None:
         from msakit.corrupt import parse_protocol

@@ -251,7 +251,9 @@ def dataset_task(ds: MSADataset) -> str:
 
 
 def dataset_metrics(ds: MSADataset):
-    return metrics_for(ds.label_scale, len(getattr(ds, "classes", None) or ()))
+    return metrics_for(
+        ds.label_scale, len(getattr(ds, "classes", None) or ()), getattr(ds, "label_range", None)
+    )
 
 
 def effective_corrupt(tcfg: TrainConfig, mcfg: Any) -> str:
