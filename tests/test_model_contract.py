@@ -372,7 +372,10 @@ def test_model_specific_config_checks_raise_config_error():
         create_model("mult", DIMS, config=MulTConfig(d=32))
     # the dominant modality must be one the dataset has
     with pytest.raises(ConfigError, match="dominant"):
-        create_model("lnln", {"audio": 4, "vision": 6}, **TINY["lnln"])
+        create_model("lnln", {"audio": 4, "vision": 6}, **{**TINY["lnln"], "dominant": "text"})
+    # "auto" (the default) takes text when present, else the first modality
+    assert create_model("lnln", {"audio": 4, "vision": 6}, **TINY["lnln"]).dominant == "audio"
+    assert create_model("lnln", DIMS, **TINY["lnln"]).dominant == "text"
     # valid alternatives build
     create_model("mult", DIMS, d=30)
     create_model("lnln", DIMS, dominant="audio", **TINY["lnln"])

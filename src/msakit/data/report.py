@@ -225,7 +225,8 @@ def inspect_dataset(ds) -> dict:
                 warn.append(("unnormalised",
                              f"{m}: unnormalised scale over observed training steps (largest "
                              f"feature std {t['max_feature_std']:.3g}, |x| up to {amax:.3g}); "
-                             f"standardise the features with training-split statistics"))
+                             f"models z-score inputs with training-split statistics by default "
+                             f"(normalize=auto); never train this with --set normalize=none"))
             elif t["max_feature_std"] < TINY and amax < TINY:
                 warn.append(("unnormalised",
                              f"{m}: every feature is tiny over observed training steps (std "

@@ -89,7 +89,7 @@ class LNLNConfig(ModelConfig):
     buckets: int = 4  # ours: length groups per batch in input construction (speed only)
     disc_hidden: int = 64
     grl_alpha: float = 1.0
-    dominant: str = "text"
+    dominant: str = "auto"  # "auto": text when present, else the first modality (ours)
     w_completeness: float = 0.9
     w_adversarial: float = 0.8
     w_reconstruction: float = 0.1
@@ -101,12 +101,12 @@ class LNLNConfig(ModelConfig):
     loss: str = "mse"
     default_corrupt: str | None = "frames:random"
 
-    CHOICES: ClassVar[dict[str, tuple]] = {**ModelConfig.CHOICES, "dominant": MODALITIES}
+    CHOICES: ClassVar[dict[str, tuple]] = {**ModelConfig.CHOICES, "dominant": ("auto", *MODALITIES)}
 
     def check(self) -> None:
-        if self.dominant not in MODALITIES:
+        if self.dominant not in ("auto", *MODALITIES):
             raise ConfigError(
-                f"lnln: dominant={self.dominant!r}: expected one of {', '.join(MODALITIES)}"
+                f"lnln: dominant={self.dominant!r}: expected one of auto, {', '.join(MODALITIES)}"
             )
         if self.d % self.heads:  # the hyper-modality layers split d into heads
             raise ConfigError(f"lnln: d={self.d} must be divisible by heads={self.heads}")
@@ -297,17 +297,20 @@ class LNLN(MSAModel):
         super().__init__(dims, config, n_classes)
         c = config
         c.check()
-        if c.dominant not in self.dims:
+        # the paper's language-dominated design; without text (e.g. ICT-MMMO) the first
+        # modality in canonical order dominates (ours)
+        self.dominant = c.dominant if c.dominant != "auto" else next(iter(self.dims))
+        if self.dominant not in self.dims:
             raise ConfigError(
-                f"lnln: dominant modality {c.dominant!r} not in the dataset's modalities "
+                f"lnln: dominant modality {self.dominant!r} not in the dataset's modalities "
                 f"{tuple(self.dims)} (config field 'dominant')"
             )
         # canonical order (text, audio, vision) everywhere, whatever order dims came in
         self.mods = tuple(self.dims)
-        self.aux = tuple(m for m in self.mods if m != c.dominant)
+        self.aux = tuple(m for m in self.mods if m != self.dominant)
         if not self.aux:
             raise ConfigError(
-                f"lnln needs at least one modality besides {c.dominant!r}, got {dict(self.dims)}"
+                f"lnln needs at least one modality besides {self.dominant!r}, got {dict(self.dims)}"
             )
         n, d = c.n_tokens, c.d
         # input construction
@@ -345,7 +348,7 @@ class LNLN(MSAModel):
         c = self.config
         b = batch.size
         h = self.tokens(batch.x, {m: batch.observed(m) for m in self.mods})
-        h_l = h[c.dominant]
+        h_l = h[self.dominant]
         # dominant modality correction
         w = self.completeness_head(self.completeness(h_l)[:, 0])  # (B, 1)
         aux = torch.cat([h[m] for m in self.aux], 1)
@@ -396,10 +399,10 @@ class LNLN(MSAModel):
         else:
             target_rec = target
         # completeness estimator against 1 - realised language missing rate
-        r_l = realised_missing_rate(batch)[c.dominant]
+        r_l = realised_missing_rate(batch)[self.dominant]
         l_cc = F.mse_loss(out.extras["w"], 1.0 - r_l)
         # discriminator: corrected language (1) vs clean language (0), per token
-        h_d, clean_l = out.extras["h_d"], target[c.dominant]
+        h_d, clean_l = out.extras["h_d"], target[self.dominant]
         logits = self.discriminator(torch.cat([h_d, clean_l], 0).flatten(0, 1))
         labels = torch.cat(
             [torch.ones(h_d.shape[:2].numel()), torch.zeros(clean_l.shape[:2].numel())]
