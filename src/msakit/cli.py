@@ -322,9 +322,7 @@ def matrix(
         split=split, accelerator=accelerator, device=device,
         log=lambda msg: console.print(msg, markup=False),
     )
-    from msakit.evaluate.robustness import PLOT_METRICS
-
-    from msakit.evaluate.robustness import kind_of_metrics
+    from msakit.evaluate.robustness import PLOT_METRICS, kind_of_metrics
 
     scale = kind_of_metrics(res["summary"].metric)
     for p in dict.fromkeys(res["headline"].protocol):

@@ -29,9 +29,9 @@ from msakit.data.registry import load_dataset
 from msakit.errors import ConfigError
 from msakit.evaluate.robustness import (
     PLOT_METRICS,
-    metric_kind,
     SUMMARY_COLUMNS,
     fingerprint,
+    metric_kind,
     parse_levels,
     resolve_runs,
     sweep,
