@@ -8,10 +8,12 @@ Models learn what is missing from ``mask`` and ``present``, never from zeros.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # torch loads on first use, so `msakit datasets` starts fast
+    import torch
 
 from msakit.errors import ConfigError, DataError
 
@@ -169,6 +171,8 @@ class Batch:
         return replace(self, **changes)
 
     def to(self, device: torch.device | str) -> Batch:
+        import torch
+
         def mv(v):
             if isinstance(v, torch.Tensor):
                 return v.to(device)
@@ -188,6 +192,8 @@ def collate(split: SplitData, idx: np.ndarray | list[int], trim: bool = True) ->
 
     With ``trim``, each modality is cut to the longest sample in the batch.
     """
+    import torch
+
     idx = np.asarray(idx, dtype=np.int64)
     x, mask, present = {}, {}, {}
     for m, arr in split.x.items():

@@ -24,9 +24,9 @@ the raw openSMILE values range over four orders of magnitude (pitch ~170 next to
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from msakit.data.batch import SplitData
 from msakit.data.catalog import pinned, register_summary, require_files
@@ -34,6 +34,9 @@ from msakit.data.dataset import MSADataset
 from msakit.data.registry import DatasetEntry, register_dataset
 from msakit.data.sources.csd import read_csd
 from msakit.errors import ConfigError, DataError, MissingDataError
+
+if TYPE_CHECKING:  # pandas loads on first use: `msakit datasets` starts fast
+    import pandas as pd
 
 NAME = "mosi-bclstm"
 LABELS = "cmu-mosi/CMU_MOSI_Opinion_Labels.csd"
@@ -61,6 +64,8 @@ def video_of(utt_id: str) -> str:
 
 def _csv(path: Path, **kw) -> pd.DataFrame:
     """pd.read_csv(path, header=None) whose errors become one-line DataError naming the file."""
+    import pandas as pd
+
     try:
         return pd.read_csv(path, header=None, **kw)
     except FileNotFoundError:

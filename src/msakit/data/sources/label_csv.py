@@ -19,15 +19,18 @@ from __future__ import annotations
 import codecs
 import io
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from msakit.data.batch import SplitData
 from msakit.data.catalog import pinned, register_summary, require_files, sha256_file
 from msakit.data.dataset import LABEL_RANGES, SPLITS, MSADataset, check_ids, check_labels
 from msakit.data.registry import DatasetEntry, register_dataset, register_path_loader
 from msakit.errors import ConfigError, DataError, MissingDataError
+
+if TYPE_CHECKING:  # pandas loads on first use: `msakit datasets` starts fast
+    import pandas as pd
 
 _PER_MODALITY = {"label_T": "text", "label_A": "audio", "label_V": "vision"}
 _MODE_ALIASES = {"dev": "valid", "val": "valid", "validation": "valid"}
@@ -61,6 +64,8 @@ def read_label_csv(path: str | Path) -> pd.DataFrame:
 
     Raises MissingDataError, or DataError for a file that is not UTF-8, has no data rows,
     lacks a column (named), or holds an unknown mode or a non-numeric label."""
+    import pandas as pd
+
     path = Path(path)
     if not path.is_file():
         raise MissingDataError(f"label.csv not found: {path}")
@@ -209,6 +214,8 @@ def _register(name: str, rel: str, description: str) -> None:
         return load_label_csv(root / rel, name=name, **kw)
 
     def summary(root: Path | None) -> dict:
+        import pandas as pd
+
         from msakit.features.text import encoder_dim
 
         modes = _modes(pd.read_csv(root / rel, usecols=["mode"], dtype=str)["mode"]).value_counts()

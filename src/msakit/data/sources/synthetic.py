@@ -64,7 +64,6 @@ import functools
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 
 from msakit.data.batch import Batch, SplitData
 from msakit.data.catalog import register_summary
@@ -328,6 +327,8 @@ def _mixture_loglik(z: np.ndarray, grid: np.ndarray, a: float, p: float, s2: flo
     """(k, G) log r(y) = log((1-p) + p exp((a y z - a^2 y^2 / 2) / s2)) for k projections z.
 
     In-place torch float64 (several times faster than numpy here); exact for any z."""
+    import torch
+
     zt, g = torch.from_numpy(z), torch.from_numpy(grid)
     e = torch.outer(zt, g * (a / s2))
     e -= (0.5 * a * a / s2) * g * g
@@ -347,6 +348,8 @@ def _segment_add(out: np.ndarray, rows: np.ndarray, vals: np.ndarray) -> None:
 
 
 def _np(t) -> np.ndarray:
+    import torch
+
     return t.detach().cpu().numpy() if isinstance(t, torch.Tensor) else np.asarray(t)
 
 
