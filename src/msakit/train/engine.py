@@ -23,7 +23,6 @@ import json
 import logging
 import os
 import random
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -40,6 +39,7 @@ from msakit.data.batch import Batch, SplitData, collate
 from msakit.data.dataset import SPLITS, MSADataset
 from msakit.errors import ConfigError, MissingDataError, RunError
 from msakit.evaluate.metrics import metrics_for
+from msakit.fileio import atomic_path, write_json  # noqa: F401  (write_json re-exported)
 from msakit.models.base import MSAModel, create_model, make_config
 
 log = logging.getLogger("msakit")
@@ -88,36 +88,10 @@ def select_metric(tcfg: TrainConfig, task: str) -> tuple[str, str]:
     return name, ("max" if name.startswith(HIGHER_IS_BETTER) else "min")
 
 
-def _umask_mode() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
-def write_json(path: Path, obj: Any) -> None:
-    """Write JSON atomically (temporary file, then rename), with the process umask's mode."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=2, default=_json_default)
-        f.write("\n")
-    os.chmod(tmp, _umask_mode())
-    os.replace(tmp, path)
-
-
-def _json_default(o: Any) -> Any:
-    if isinstance(o, (np.floating, np.integer)):
-        return o.item()
-    if isinstance(o, tuple):
-        return list(o)
-    raise TypeError(f"not JSON serialisable: {type(o)}")
-
-
 def save_state(model: torch.nn.Module, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    """``model.state_dict()`` written atomically with the umask's permissions."""
+    path, tmp = atomic_path(path)
     torch.save(model.state_dict(), tmp)
-    os.chmod(tmp, _umask_mode())
     os.replace(tmp, path)
 
 

@@ -214,11 +214,16 @@ def _register(name: str, rel: str, description: str) -> None:
         return load_label_csv(root / rel, name=name, **kw)
 
     def summary(root: Path | None) -> dict:
-        import pandas as pd
+        import csv
+        from collections import Counter
 
         from msakit.features.text import encoder_dim
 
-        modes = _modes(pd.read_csv(root / rel, usecols=["mode"], dtype=str)["mode"]).value_counts()
+        with open(root / rel, newline="", encoding="utf-8-sig") as f:  # no pandas: fast start
+            modes = Counter(
+                _MODE_ALIASES.get(m, m)
+                for m in ((r.get("mode") or "").strip().lower() for r in csv.DictReader(f))
+            )
         dim = encoder_dim()
         return {"dims": {"text": dim} if dim else {},
                 "sizes": {s: int(modes.get(s, 0)) for s in SPLITS}}
