@@ -336,3 +336,21 @@ def test_short_training_run_saves_the_bank(tmp_path):
     assert model.bank_len() == len(ds.splits["train"])
     r = predict(model, ds.splits["test"])
     assert np.mean(np.abs(r["pred"] - r["y"])) == pytest.approx(s["test"]["mae"]["mean"], abs=1e-5)
+
+
+def test_bank_holds_normalised_encodings_when_inputs_are_z_scored(dataset):
+    """on_fit_end calls encode() directly (no forward pre-hook): it must normalise itself,
+    or the bank would hold raw-scale encodings that evaluation batches never produce."""
+    model = build()
+    model.fit_normalizer(dataset.splits["train"])
+    with torch.no_grad():
+        model.norm_mean_audio.add_(5.0)  # make normalisation matter
+    model.on_fit_end(EngineContext(dataset, 16, 0))
+    model.eval()
+    n = len(dataset.splits["train"])
+    b = collate(dataset.splits["train"], np.arange(n))
+    with torch.no_grad():
+        want, _ = model.encode(model.normalize_batch(b))
+        raw, _ = model.encode(b)
+    torch.testing.assert_close(model.bank_x, want, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(model.bank_x, raw, atol=1e-3)

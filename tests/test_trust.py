@@ -81,9 +81,10 @@ def test_sigkill_and_resume_reproduces_an_uninterrupted_run(tmp_path):
     rows_after = (b / "logs" / "metrics.csv").read_text().splitlines()[1:]
     kept = [r for r in rows_before if r]
     assert len(rows_after) > len(kept)
-    # the rows written before the kill are still there (same epoch, step and values)
-    first = [r.split(",")[:2] for r in rows_after]
-    assert all(r.split(",")[:2] in first for r in kept)
+    # the rows written before the kill are still there, values included, and the whole log
+    # reads as the uninterrupted run's
+    assert all(r in rows_after for r in kept)
+    assert rows_after == (a / "logs" / "metrics.csv").read_text().splitlines()[1:]
 
 
 def test_resume_with_another_config_is_refused(toy_dataset, tmp_path):
@@ -324,3 +325,61 @@ def test_models_listing_without_torch_matches_the_registry():
                         "print('torch' in sys.modules)"],
                        capture_output=True, text=True, env=ENV, timeout=120)
     assert r.stdout.strip().endswith("False"), r.stdout
+
+
+def _cli_error(capsys, *args) -> str:
+    from msakit.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(list(args))
+    err = capsys.readouterr().err
+    assert e.value.code == 2, err
+    assert err.startswith("error: ") and err.strip().count("\n") == 0, err
+    return err
+
+
+def test_broken_run_files_and_late_options_are_one_line_errors(tmp_path, capsys):
+    msakit.train("late_fusion", "synthetic-tiny", tmp_path / "run", seeds=[1], epochs=1)
+    cfg = tmp_path / "run" / "seed_1" / "config.json"
+    good = cfg.read_text()
+    cfg.write_text("{x")
+    for cmd in (["eval", "--run"], ["results"], ["robustness", "--protocol", "frames", "--out",
+                                                 str(tmp_path / "o"), "--run"]):
+        assert "config.json: not a readable JSON file" in _cli_error(capsys, *cmd, str(tmp_path / "run"))
+    cfg.write_text(good.replace('"dims": {', '"dims_gone": {'))
+    assert "config.json: not an msakit run config" in _cli_error(capsys, "eval", "--run", str(tmp_path / "run"))
+    cfg.write_text(good.replace('"overrides": {}', '"overrides": {"d": "abc"}'))
+    err = _cli_error(capsys, "eval", "--run", str(tmp_path / "run"))
+    assert "config.json" in err and "d='abc'" in err
+    cfg.write_text(good)
+    (tmp_path / "file").write_text("x")
+    run = str(tmp_path / "run")
+    assert "--batch-size 0" in _cli_error(capsys, "robustness", "--run", run, "--protocol", "frames",
+                                          "--out", str(tmp_path / "o"), "--batch-size", "0")
+    assert "--device 'nosuch'" in _cli_error(capsys, "robustness", "--run", run, "--protocol",
+                                             "frames", "--out", str(tmp_path / "o"), "--device", "nosuch")
+    assert "exists and is not a folder" in _cli_error(
+        capsys, "robustness", "--run", run, "--protocol", "frames", "--out", str(tmp_path / "file"))
+    assert "unknown protocol" in _cli_error(capsys, "robustness", "--run", run, "--protocol",
+                                            "nosuch", "--out", str(tmp_path / "o"))
+
+
+def test_a_bad_corruption_is_refused_before_the_run_folder_is_touched(tmp_path, capsys):
+    out = tmp_path / "t"
+    err = _cli_error(capsys, "train", "--model", "late_fusion", "--dataset", "synthetic-tiny",
+                     "--seeds", "1", "--epochs", "1", "--corrupt", "nosuch:1", "--out", str(out))
+    assert "--corrupt 'nosuch:1'" in err and not (out / "seed_1").exists()
+    with pytest.raises(ConfigError, match="select"):
+        TrainConfig(select="nosuch")
+    with pytest.raises(ConfigError, match="accelerator"):
+        TrainConfig(accelerator="nosuch")
+
+
+def test_eval_averages_exactly_the_seeds_in_summary(tmp_path):
+    from msakit.evaluate.runs import evaluate_runs
+
+    msakit.train("late_fusion", "synthetic-tiny", tmp_path, seeds=[1, 2], epochs=1)
+    (tmp_path / "seed_2" / "metrics.json").unlink()  # e.g. killed during the final evaluation
+    s = msakit.train("late_fusion", "synthetic-tiny", tmp_path, seeds=[1], epochs=1)
+    assert s["_meta"]["seeds"] == [1]
+    assert evaluate_runs(tmp_path)["test"]["mae"]["n"] == 1

@@ -36,7 +36,8 @@ def available_datasets(names) -> list[str]:
     return [n for n in names if n in ok]
 
 
-def _job(model: str, dataset: str, seed: int, run_dir: str, epochs: int) -> tuple[str, str, int, float]:
+def _job(model: str, dataset: str, seed: int, run_dir: str, epochs: int,
+         verbose: bool = False) -> tuple[str, str, int, float]:
     import torch
 
     torch.set_num_threads(1)
@@ -44,17 +45,21 @@ def _job(model: str, dataset: str, seed: int, run_dir: str, epochs: int) -> tupl
     from msakit.train.engine import TrainConfig, fit_seed
 
     t = time.time()
-    fit_seed(model, load_dataset(dataset), seed, run_dir, TrainConfig(epochs=epochs))
+    fit_seed(model, load_dataset(dataset), seed, run_dir, TrainConfig(epochs=epochs), verbose=verbose)
     return model, dataset, seed, time.time() - t
 
 
 def run_demo(out: Path, seeds=(1111, 1112), console: Console | None = None, workers: int | None = None,
              plan=PLAN, verbose: bool = False) -> dict:
     from msakit.cli import summary_table
+    from msakit.errors import ConfigError
     from msakit.train import train
 
     console = console or Console()
     out = Path(out)
+    seeds = [int(s) for s in seeds]
+    if not seeds or len(set(seeds)) < len(seeds):
+        raise ConfigError(f"--seeds {' '.join(map(str, seeds))}: expected distinct seeds")
     t0 = time.time()
     todo = [(ds, m, e) for ds, ms, e in plan if ds in available_datasets([ds]) for m in ms]
     skipped = [ds for ds, _, _ in plan if ds not in {d for d, _, _ in todo}]
@@ -71,7 +76,7 @@ def run_demo(out: Path, seeds=(1111, 1112), console: Console | None = None, work
         workers, mp_context=get_context("spawn")
     ) as pool:
         task = bar.add_task("training", total=len(jobs))
-        futures = [pool.submit(_job, *j) for j in jobs]
+        futures = [pool.submit(_job, *j, verbose) for j in jobs]
         for f in as_completed(futures):
             model, ds, seed, secs = f.result()
             bar.update(task, advance=1, description=f"training ({model} on {ds}, seed {seed}: {secs:.0f}s)")

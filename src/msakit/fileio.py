@@ -48,3 +48,20 @@ def _json_default(o: Any) -> Any:
     if isinstance(o, tuple):
         return list(o)
     raise TypeError(f"not JSON serialisable: {type(o)}")
+
+
+def read_json(path: str | os.PathLike, expect: type = dict) -> Any:
+    """A run file (config.json, metrics.json, summary.json, ...): a missing, unreadable or
+    malformed one raises an msakit error naming it."""
+    from msakit.errors import MissingDataError, RunError
+
+    path = Path(path)
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise MissingDataError(f"{path}: not found") from None
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise RunError(f"{path}: not a readable JSON file ({str(e).splitlines()[0][:120]})") from None
+    if not isinstance(obj, expect):
+        raise RunError(f"{path}: expected a JSON {expect.__name__}, got {type(obj).__name__}")
+    return obj

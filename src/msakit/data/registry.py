@@ -87,8 +87,9 @@ def load_dataset(name_or_path: str | os.PathLike, **kw) -> MSADataset:
             if pred(p):
                 return loader(p, **kw)
         raise DataError(
-            f"--dataset {key!r}: no reader recognises this file; expected an MMSA pickle "
-            f"(*.pkl), a CMU-MultimodalSDK folder of .csd files, or a label.csv"
+            f"--dataset {key!r}: no reader recognises this path; expected an MMSA pickle "
+            f"(*.pkl), a folder of train/valid/test .npz or .h5 arrays, an MFN HDF5 folder "
+            f"(y_train.h5, ...), a CMU-MultimodalSDK folder of .csd files, or a label.csv"
         )
     raise UnknownNameError(
         f"--dataset {key!r} is neither a catalog name nor an existing path; "

@@ -17,7 +17,6 @@ not evaluated again.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -30,6 +29,8 @@ from msakit.errors import ConfigError
 from msakit.evaluate.robustness import (
     PLOT_METRICS,
     SUMMARY_COLUMNS,
+    check_eval_options,
+    check_out_dir,
     fingerprint,
     metric_kind,
     parse_levels,
@@ -38,6 +39,7 @@ from msakit.evaluate.robustness import (
     write_sweep,
 )
 from msakit.evaluate.tables import markdown, pm, write_text
+from msakit.fileio import read_json
 from msakit.train.api import train
 from msakit.train.engine import TrainConfig, write_json
 
@@ -78,7 +80,7 @@ def _cached(out: Path, fp: str, levels: list[str], protocol_seed: int, split: st
     meta_p, csv_p = out / "robustness.json", out / "robustness.csv"
     if not (meta_p.exists() and csv_p.exists() and (out / "robustness.png").exists()):
         return None
-    meta = json.loads(meta_p.read_text())
+    meta = read_json(meta_p)
     same = (meta.get("fingerprint") == fp and meta.get("levels") == levels
             and meta.get("protocol_seed") == protocol_seed and meta.get("split") == split)
     return meta if same else None
@@ -107,7 +109,12 @@ def run_matrix(
     models = list(models)
     if not models or not protocols or not seeds:
         raise ConfigError("matrix: --models, --protocols and --seeds must each name at least one")
+    check_eval_options(batch_size, device)
+    check_out_dir(out)
     ds = dataset if isinstance(dataset, MSADataset) else load_dataset(dataset)
+    if split not in ds.splits:
+        raise ConfigError(f"--split {split!r}: dataset {ds.name!r} has {list(ds.splits)}")
+    TrainConfig(accelerator=accelerator, epochs=epochs or TrainConfig.epochs)  # fail before training
     lv = {p: parse_levels((levels or {}).get(p), p, ds.modalities) for p in protocols}
     per_model = parse_overrides(overrides, models)
     corrupts = [corrupt_label(c) for c in train_corrupt]

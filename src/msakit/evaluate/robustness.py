@@ -22,7 +22,6 @@ level and then fed to every model and seed.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import time
 from collections.abc import Sequence
@@ -41,6 +40,7 @@ from msakit.errors import ConfigError
 from msakit.evaluate.plots import plot_sweep
 from msakit.evaluate.runs import seed_dirs
 from msakit.evaluate.tables import sweep_latex, sweep_markdown, write_text
+from msakit.fileio import read_json
 from msakit.train.engine import dataset_metrics, load_run_model, write_json
 
 DEFAULT_LEVELS: dict[str, list[str]] = {
@@ -94,6 +94,12 @@ def default_levels(name: str, modalities: Sequence[str] | None = None) -> list[s
     at the highest realisable rate (V-1)/V (one modality is always kept), ``subset`` lists
     only subsets of the modalities the dataset has."""
     if name not in DEFAULT_LEVELS:
+        from msakit.corrupt import PROTOCOLS
+
+        if name not in PROTOCOLS:
+            raise ConfigError(
+                f"--protocol {name!r}: unknown protocol; known: {', '.join(PROTOCOLS.names())}"
+            )
         raise ConfigError(f"--levels: protocol {name!r} has no default levels; give --levels")
     levels = list(DEFAULT_LEVELS[name])
     if modalities:
@@ -175,7 +181,7 @@ def resolve_runs(runs: Sequence[str | os.PathLike | tuple[str, str | os.PathLike
         label, path = (r if isinstance(r, tuple) else (None, r))
         path = Path(path)
         dirs = seed_dirs(path)
-        cfgs = [json.loads((d / "config.json").read_text()) for d in dirs]
+        cfgs = [read_json(d / "config.json") for d in dirs]
         models = {c["model"] for c in cfgs}
         if len(models) > 1:
             raise ConfigError(f"--run {path}: seeds of different models {sorted(models)}")
@@ -254,6 +260,7 @@ def sweep(
     oracle: bool = True,
 ) -> SweepResult:
     """Evaluate every seed of every run under ``protocol`` at each level (see module doc)."""
+    check_eval_options(batch_size, device)
     groups = [r for r in runs if isinstance(r, RunGroup)] or resolve_runs(runs)  # type: ignore[arg-type]
     name = protocol.split(":")[0]
     levels_spec = levels
@@ -336,6 +343,26 @@ def sweep(
     return SweepResult(per_seed, summary, headline, meta, t)
 
 
+def check_eval_options(batch_size: int, device: str | torch.device) -> torch.device:
+    """``--batch-size`` >= 1 and a ``--device`` torch knows and this machine has."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"--batch-size {batch_size!r}: expected an integer >= 1")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"--device {device!r}: not a torch device (e.g. cpu, cuda, cuda:1)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {device!r}: CUDA is not available on this machine")
+    return dev
+
+
+def check_out_dir(out: str | os.PathLike) -> Path:
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out}: exists and is not a folder")
+    return out
+
+
 def write_sweep(
     res: SweepResult,
     out: str | os.PathLike,
@@ -380,6 +407,7 @@ def robustness(
     **kw,
 ) -> SweepResult:
     """:func:`sweep` then :func:`write_sweep`; ``kw`` go to :func:`sweep`."""
+    check_out_dir(out)
     groups = resolve_runs(runs)
     res = sweep(groups, protocol, levels, **kw)
     write_sweep(res, out, table_metrics, plot_metrics, extra_meta={"fingerprint": fingerprint(groups)})

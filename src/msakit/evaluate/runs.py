@@ -2,26 +2,31 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 from msakit.corrupt import parse_protocol
 from msakit.data.registry import load_dataset
 from msakit.errors import ConfigError, MissingDataError
+from msakit.fileio import read_json
 from msakit.train.api import summarize
 from msakit.train.engine import evaluate_model, load_run_model
 
 
 def seed_dirs(run: str | os.PathLike) -> list[Path]:
-    """The seed folders of a run: ``run`` itself when it holds model.pt, else its ``seed_*``."""
+    """The finished seed folders of a run (model.pt and metrics.json, the set summary.json
+    averages): ``run`` itself when it is one, else its ``seed_*``."""
     run = Path(run)
-    if (run / "model.pt").exists():
+
+    def done(d: Path) -> bool:
+        return (d / "model.pt").exists() and (d / "metrics.json").exists()
+
+    if done(run):
         return [run]
-    dirs = sorted(d for d in run.glob("seed_*") if (d / "model.pt").exists())
+    dirs = sorted(d for d in run.glob("seed_*") if done(d))
     if not dirs:
         raise MissingDataError(
-            f"--run {run}: no finished run here (expected model.pt, or seed_*/model.pt)"
+            f"--run {run}: no finished run here (expected model.pt and metrics.json, or seed_*/ with them)"
         )
     return dirs
 
@@ -33,7 +38,7 @@ def evaluate_runs(
     per_seed, cache = [], {}
     prot = parse_protocol(protocol)
     for d in seed_dirs(run):
-        name = dataset or json.loads((d / "config.json").read_text())["dataset"]
+        name = dataset or read_json(d / "config.json").get("dataset")
         if name not in cache:
             cache[name] = load_dataset(name)
         model, cfg = load_run_model(d, cache[name])

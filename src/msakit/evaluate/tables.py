@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Sequence
@@ -19,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from msakit.errors import ConfigError, MissingDataError
-from msakit.fileio import atomic_path, write_text  # noqa: F401  (re-exported)
+from msakit.fileio import atomic_path, read_json, write_text  # noqa: F401  (re-exported)
 
 LOWER_IS_BETTER = ("mae",)
 
@@ -125,19 +124,19 @@ def _seed_records(run: Path) -> list[dict]:
     seed_paths = sorted(p for p in [run, *run.glob("seed_*")] if (p / "metrics.json").exists())
     for p in seed_paths:
         cfg_p = p / "config.json"
-        cfg = json.loads(cfg_p.read_text()) if cfg_p.exists() else {}
+        cfg = read_json(cfg_p) if cfg_p.exists() else {}
         recs.append({
             "model": cfg.get("model", "?"),
             "dataset": cfg.get("dataset", "?"),
             "corrupt": (cfg.get("train") or {}).get("corrupt") or "none",
             "seed": cfg.get("seed"),
-            "metrics": json.loads((p / "metrics.json").read_text()),
+            "metrics": read_json(p / "metrics.json"),
         })
     if recs:
         return recs
     summ = run / "summary.json"
     if summ.exists():  # only the summary: rebuild per-seed values from it
-        s = json.loads(summ.read_text())
+        s = read_json(summ)
         meta = s.get("_meta", {})
         splits = {k: v for k, v in s.items() if not k.startswith("_") and k != "oracle"}
         splits.update({f"oracle/{k}": v for k, v in s.get("oracle", {}).items()})

@@ -403,7 +403,7 @@ class HME(MSAModel):
         dev = self.bank_x.device
         reps, has, ids = [], [], []
         for b in engine.train_batches():
-            b = b.to(dev)
+            b = self.normalize_batch(b.to(dev))  # encode() bypasses the forward pre-hook
             r, h = self.encode(b)
             keep = h.any(1)
             idx = b.index.to(dev) if b.index is not None else torch.arange(b.size, device=dev)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -13,6 +12,7 @@ import numpy as np
 from msakit.data.dataset import MSADataset
 from msakit.data.registry import load_dataset
 from msakit.errors import ConfigError, RunError
+from msakit.fileio import read_json
 from msakit.train.engine import (
     RunLock,
     TrainConfig,
@@ -92,7 +92,7 @@ def train(
         want = resolved_config(model, ds, seeds[0], tcfg, dict(overrides or {}))
         for d in sorted(out.glob("seed_*")):
             if (d / "config.json").exists():
-                diff = config_diff(json.loads((d / "config.json").read_text()), want, ignore_seed=True)
+                diff = config_diff(read_json(d / "config.json"), want, ignore_seed=True)
                 if diff:
                     raise RunError(
                         f"{d} was trained with another config ({'; '.join(diff)}); a run folder "
@@ -103,8 +103,8 @@ def train(
                 on_seed_start(i, s)
             fit_seed(model, ds, s, out / f"seed_{s}", tcfg, overrides, verbose=verbose)
         finished = [d for d in sorted(out.glob("seed_*")) if (d / "metrics.json").exists()]
-        results = [json.loads((d / "metrics.json").read_text()) for d in finished]
-        all_seeds = [json.loads((d / "config.json").read_text())["seed"] for d in finished]
+        results = [read_json(d / "metrics.json") for d in finished]
+        all_seeds = [read_json(d / "config.json")["seed"] for d in finished]
         summary = summarize(results)
         summary["_meta"] = {
             "model": model,

@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
-import json
 import logging
 import os
 import random
@@ -37,9 +36,9 @@ from torch.utils.data import DataLoader, Sampler
 from msakit.corrupt import Protocol, parse_protocol
 from msakit.data.batch import Batch, SplitData, collate
 from msakit.data.dataset import SPLITS, MSADataset
-from msakit.errors import ConfigError, MissingDataError, RunError
+from msakit.errors import ConfigError, MissingDataError, MsakitError, RunError
 from msakit.evaluate.metrics import metrics_for
-from msakit.fileio import atomic_path, write_json  # noqa: F401  (write_json re-exported)
+from msakit.fileio import atomic_path, read_json, write_json  # noqa: F401  (write_json re-exported)
 from msakit.models.base import MSAModel, create_model, make_config
 
 log = logging.getLogger("msakit")
@@ -71,6 +70,22 @@ class TrainConfig:
             raise ConfigError(f"patience={self.patience!r}: expected an integer >= 0")
         if self.max_time_s is not None and not self.max_time_s > 0:
             raise ConfigError(f"max_time_s={self.max_time_s!r}: expected seconds > 0")
+        if self.corrupt not in (None, "", "none"):
+            try:
+                parse_protocol(self.corrupt)
+            except (ValueError, KeyError) as e:
+                raise ConfigError(f"--corrupt {self.corrupt!r}: {e}") from None
+        if self.accelerator not in ACCELERATORS:
+            raise ConfigError(
+                f"--accelerator {self.accelerator!r}: expected one of {', '.join(ACCELERATORS)}"
+            )
+        from msakit.evaluate.metrics import CLASSIFICATION_METRICS, metric_names
+
+        known = {"auto", *CLASSIFICATION_METRICS} | {
+            m for scale in ("mosi", "sims", "range") for m in metric_names(scale)
+        }
+        if self.select not in known:
+            raise ConfigError(f"select={self.select!r}: expected auto or one of {sorted(known - {'auto'})}")
 
     def display_only(self) -> tuple[str, ...]:
         """Fields that do not change what is computed (ignored when comparing configs)."""
@@ -78,6 +93,7 @@ class TrainConfig:
 
 
 HIGHER_IS_BETTER = ("acc", "f1", "corr", "r2")
+ACCELERATORS = ("cpu", "gpu", "cuda", "mps", "auto")
 
 
 def select_metric(tcfg: TrainConfig, task: str) -> tuple[str, str]:
@@ -376,6 +392,8 @@ def load_checkpoint(path: Path) -> dict:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         if "weights_only" in first or "Weights only load failed" in str(e):
             first = "it holds objects other than tensors and plain containers (refused)"
+        elif len(first) < 20 or isinstance(e, (KeyError, EOFError)):  # torch's terse ones
+            first = f"not a torch checkpoint or truncated ({type(e).__name__}: {first})"
         raise RunError(f"{path}: not a loadable msakit checkpoint: {first}") from None
 
 
@@ -389,14 +407,18 @@ def load_run_model(
     for p in (cfg_path, w_path):
         if not p.exists():
             raise MissingDataError(f"{p}: not a finished msakit run (missing {p.name})")
+    cfg = read_json(cfg_path)
     try:
-        cfg = json.loads(cfg_path.read_text())
-        name, dims = cfg["model"], cfg["dims"]
-    except (ValueError, KeyError, UnicodeDecodeError) as e:
-        raise RunError(f"{cfg_path}: not an msakit run config ({e})") from None
+        name, dims = cfg["model"], dict(cfg["dims"])
+        overrides = dict(cfg.get("overrides") or {})
+    except (KeyError, TypeError, ValueError) as e:
+        raise RunError(f"{cfg_path}: not an msakit run config (missing or bad {e})") from None
     if dataset is not None:
         check_dataset(cfg, dataset, run_dir)
-    model = create_model(name, dims, n_classes=cfg.get("n_classes", 0), **cfg.get("overrides", {}))
+    try:
+        model = create_model(name, dims, n_classes=cfg.get("n_classes", 0), **overrides)
+    except MsakitError as e:
+        raise RunError(f"{cfg_path}: {e}") from None
     state = load_checkpoint(w_path)
     try:
         model.load_state_dict(state)
@@ -477,10 +499,7 @@ def fit_seed(
     cfg = resolved_config(model_name, dataset, seed, tcfg, overrides)
     with RunLock(run_dir):
         if (run_dir / "config.json").exists():
-            try:
-                old = json.loads((run_dir / "config.json").read_text())
-            except ValueError:
-                raise RunError(f"{run_dir / 'config.json'}: not valid JSON") from None
+            old = read_json(run_dir / "config.json")
             diff = config_diff(old, cfg)
             if diff:
                 what = "a finished run" if (run_dir / "metrics.json").exists() else "an unfinished run"
@@ -489,7 +508,7 @@ def fit_seed(
                     f"use another --out, or the same options to resume"
                 )
             if (run_dir / "metrics.json").exists() and (run_dir / "model.pt").exists():
-                return RunResult(run_dir, json.loads((run_dir / "metrics.json").read_text()), old)
+                return RunResult(run_dir, read_json(run_dir / "metrics.json"), old)
         else:
             write_json(run_dir / "config.json", cfg)
         return _fit(model_name, dataset, seed, run_dir, tcfg, overrides, cfg, verbose)

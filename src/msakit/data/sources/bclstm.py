@@ -81,16 +81,32 @@ def _read(path: Path) -> np.ndarray:
     return a
 
 
+def _first_column(path: Path) -> np.ndarray:
+    """Column 0 of a headerless CSV as strings (stdlib csv: no pandas at catalog time)."""
+    import csv
+
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            return np.array([row[0] if row else "" for row in csv.reader(f)], dtype=str)
+    except FileNotFoundError:
+        raise MissingDataError(f"{path}: not found") from None
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise DataError(f"{path}: not a readable CSV file ({e})") from None
+
+
 def split_ids(root: Path, valid_fraction: float = 0.15, split_seed: int = 0) -> dict:
     """``{"train"|"valid"|"test": (transcript rows, utterance ids)}``; valid carved by video."""
     if not 0 < valid_fraction < 1:
         raise ConfigError(f"valid_fraction must be in (0, 1), got {valid_fraction}")
     d = root / DIR
-    ids = _csv(d / "transcripts.csv", usecols=[0], dtype=str)[0].to_numpy()
+    ids = _first_column(d / "transcripts.csv")
     rows = {}
     for s in ("train", "test"):
-        r = _csv(d / f"text_{s}.csv", usecols=[0])[0].to_numpy()
-        if r.dtype.kind not in "biuf" or (r != np.round(r)).any() or r.min() < 0 or (
+        try:
+            r = _first_column(d / f"text_{s}.csv").astype(np.float64)
+        except ValueError:
+            r = np.array(["x"])
+        if r.dtype.kind not in "biuf" or len(r) == 0 or (r != np.round(r)).any() or r.min() < 0 or (
                 r.max() >= len(ids)):
             raise DataError(f"{d / f'text_{s}.csv'}: column 0 must be row indices into "
                              f"transcripts.csv (0..{len(ids) - 1})")
