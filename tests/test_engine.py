@@ -119,3 +119,21 @@ def test_create_model_and_config_errors():
         msakit.create_model("late_fusion", {"text": 8}, d="abc")
     with pytest.raises(KeyError, match="unknown model"):
         msakit.create_model("nope", {"text": 8})
+
+
+def test_lr_schedule_warms_up_decays_and_resumes(toy_dataset, tmp_path):
+    """Warm-up then cosine decay, stepped per optimiser step, saved in the checkpoint."""
+    from msakit.train.engine import lr_factor
+
+    assert lr_factor(0, 100, 0.1, "cosine") == pytest.approx(0.1)
+    assert lr_factor(9, 100, 0.1, "cosine") == pytest.approx(1.0)
+    assert lr_factor(55, 100, 0.1, "cosine") == pytest.approx(0.5)
+    assert lr_factor(99, 100, 0.0, "linear") == pytest.approx(0.01)
+    assert lr_factor(50, 100, 0.0, "constant") == 1.0
+    fit_seed("late_fusion", toy_dataset, 1, tmp_path, TrainConfig(epochs=3, patience=9),
+             {"lr_schedule": "cosine", "warmup_frac": "0.2"})
+    ck = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True)
+    sched = ck["lr_schedulers"][0]
+    steps = 3 * 3  # 96 samples, batch 32, 3 epochs
+    assert sched["last_epoch"] == steps
+    assert sched["_last_lr"][0] == pytest.approx(1e-3 * lr_factor(steps, steps, 0.2, "cosine"))

@@ -10,6 +10,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from msakit.display import SHOW, summary_table
+
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, help=__doc__, pretty_exceptions_enable=False,
     rich_markup_mode=None,  # plain click errors: "Error: ..." lines, no boxes
@@ -26,8 +28,6 @@ LIST_OPTIONS = {
     "robustness": ("--run",),
 }
 
-DEFAULT_SEEDS = [1111, 1112, 1113]
-SHOW = ("acc2_non0", "f1_non0", "acc2_has0", "acc7", "mae", "corr")
 
 
 def parse_sets(sets: list[str] | None) -> dict[str, str]:
@@ -68,27 +68,13 @@ def expand_list_options(argv: list[str]) -> list[str]:
     return out
 
 
-def summary_table(title: str, rows: list[tuple[str, dict]], metrics=SHOW) -> Table:
-    """rows: (label, {metric: {"mean", "std"}})."""
-    t = Table(title=title)
-    t.add_column("run")
-    for m in metrics:
-        t.add_column(m, justify="right")
-    for label, block in rows:
-        cells = []
-        for m in metrics:
-            v = block.get(m)
-            cells.append("-" if v is None else f"{v['mean']:.4f} ± {v['std']:.4f}")
-        t.add_row(label, *cells)
-    return t
-
-
 @app.command()
 def train(
     model: Annotated[str, typer.Option(help="registered model name (msakit models)")],
     dataset: Annotated[str, typer.Option(help="catalog name (msakit datasets) or a file path")],
     out: Annotated[Path, typer.Option(help="output folder; one sub-folder per seed")],
-    seeds: Annotated[list[int], typer.Option(help="one run per seed")] = DEFAULT_SEEDS,
+    seeds: Annotated[list[int] | None, typer.Option(
+        help="one run per seed (default: 1111 1112 1113)")] = None,
     epochs: Annotated[int | None, typer.Option(help="maximum epochs")] = None,
     corrupt: Annotated[str | None, typer.Option(help="training corruption, e.g. frames:random")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="model config key=value")] = None,
@@ -110,6 +96,9 @@ def train(
     from msakit.data.report import format_report, inspect_dataset
 
     console.print(format_report(inspect_dataset(ds), short=True), markup=False, highlight=False)
+    from msakit.train.api import DEFAULT_SEEDS
+
+    seeds = list(seeds or DEFAULT_SEEDS)
     summary = train_fn(
         model, ds, out, seeds=seeds, epochs=epochs, corrupt=corrupt,
         overrides=parse_sets(set_), progress=progress, verbose=verbose,

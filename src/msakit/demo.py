@@ -51,7 +51,7 @@ def _job(model: str, dataset: str, seed: int, run_dir: str, epochs: int,
 
 def run_demo(out: Path, seeds=(1111, 1112), console: Console | None = None, workers: int | None = None,
              plan=PLAN, verbose: bool = False) -> dict:
-    from msakit.cli import summary_table
+    from msakit.display import summary_table
     from msakit.errors import ConfigError
     from msakit.train import train
 

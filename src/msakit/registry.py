@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
 from msakit.errors import UnknownNameError
@@ -55,8 +54,6 @@ class Registry(Generic[T]):
     def items(self) -> list[tuple[str, T]]:
         return sorted(self._items.items())
 
-
-Factory = Callable[..., Any]
 
 
 def scan_models() -> list[tuple[str, str]]:

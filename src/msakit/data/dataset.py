@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from msakit.data.batch import Batch, SplitData, collate
+from msakit.data.batch import Batch, SplitData
 from msakit.errors import DataError
 
 SPLITS = ("train", "valid", "test")
@@ -189,13 +189,3 @@ class MSADataset:
         task = self.task if self.classes is None else f"{self.task}, {len(self.classes)} classes"
         return f"MSADataset({self.name!r}, {task}, {mods}, train/valid/test {sizes})"
 
-    def batches(
-        self, split: str, batch_size: int, shuffle: bool = False, seed: int = 0
-    ) -> Iterator[Batch]:
-        """Iterate Batches over a split; evaluation never shuffles."""
-        sd = self.splits[split]
-        order = np.arange(len(sd))
-        if shuffle:
-            order = np.random.default_rng(seed).permutation(len(sd))
-        for i in range(0, len(sd), batch_size):
-            yield collate(sd, order[i : i + batch_size])

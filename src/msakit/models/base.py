@@ -45,6 +45,10 @@ class ModelConfig:
     batch_size: int = 32
     grad_clip: float = 0.0
     loss: str = "l1"  # "l1" or "mse" for the sentiment regression term (classification: CE)
+    # learning-rate schedule, per optimiser step: linear warm-up over the first warmup_frac of
+    # the planned steps (epochs x batches), then "constant", "cosine" or "linear" decay to 0
+    lr_schedule: str = "constant"
+    warmup_frac: float = 0.0
     # input normalisation: "auto" z-scores every feature with statistics of the training
     # split's observed steps unless the dataset says its features are already standardised;
     # "zscore" always, "none" never. The statistics are buffers of the model (saved in
@@ -58,6 +62,7 @@ class ModelConfig:
     CHOICES: ClassVar[dict[str, tuple]] = {
         "loss": ("l1", "mse"),
         "normalize": ("auto", "zscore", "none"),
+        "lr_schedule": ("constant", "cosine", "linear"),
     }
 
     def check(self) -> None:

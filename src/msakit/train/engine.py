@@ -19,7 +19,9 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
+import functools
 import logging
+import math
 import os
 import random
 import time
@@ -160,6 +162,18 @@ def loader(
     )
 
 
+def lr_factor(step: int, total: int, warmup: float, kind: str) -> float:
+    """Multiplier of the base lr at optimiser step ``step`` of ``total``: linear warm-up over
+    ``warmup * total`` steps, then constant, cosine or linear decay to 0 at ``total``."""
+    w = int(round(warmup * total))
+    if step < w:
+        return (step + 1) / w
+    if kind == "constant":
+        return 1.0
+    t = min(1.0, (step - w) / max(1, total - w))
+    return 0.5 * (1 + math.cos(math.pi * t)) if kind == "cosine" else 1.0 - t
+
+
 class LitMSA(L.LightningModule):
     """Wraps any :class:`MSAModel`; applies training-time corruption; logs every loss term."""
 
@@ -222,7 +236,14 @@ class LitMSA(L.LightningModule):
 
     def configure_optimizers(self):
         cfg = self.model.config
-        return torch.optim.AdamW(self.model.param_groups(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        opt = torch.optim.AdamW(self.model.param_groups(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        if cfg.lr_schedule == "constant" and cfg.warmup_frac == 0:
+            return opt
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, functools.partial(lr_factor, total=total, warmup=cfg.warmup_frac,
+                                   kind=cfg.lr_schedule))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
 class NonFinitePredictions(RunError):
@@ -463,6 +484,17 @@ class RunLock:
             self.fd = None
 
 
+class AtomicCheckpoint(L.pytorch.callbacks.ModelCheckpoint):
+    """Lightning writes checkpoints in place; a kill mid-write would leave a truncated
+    ``last.ckpt`` that cannot be resumed. Write beside it, then rename."""
+
+    def _save_checkpoint(self, trainer, filepath: str) -> None:
+        tmp = f"{filepath}.partial"
+        super()._save_checkpoint(trainer, tmp)
+        os.replace(tmp, filepath)
+        self._last_checkpoint_saved = filepath
+
+
 class _TimeBudget(L.Callback):
     """Stops after the epoch during which ``max_time_s`` ran out (never mid-epoch)."""
 
@@ -530,7 +562,7 @@ def _fit(model_name, dataset, seed, run_dir, tcfg, overrides, cfg, verbose) -> R
 
     ckpt_dir = run_dir / "ckpt"
     select = f"val/{lit.select}"
-    ckpt_cb = L.pytorch.callbacks.ModelCheckpoint(
+    ckpt_cb = AtomicCheckpoint(
         dirpath=ckpt_dir, filename="best", monitor=select, mode=lit.mode, save_last=True,
         save_top_k=1, enable_version_counter=False,
     )
