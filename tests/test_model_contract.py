@@ -44,6 +44,10 @@ TINY: dict[str, dict] = {
     "hme": dict(d=32, heads=2, enc_layers=1, latent_depth=1, hyper_depth=1),
     "lnln": dict(d=32, heads=2, dim_head=16, ff=64),
     "cyin": dict(d=32, latent=16, cra_hidden=32),
+    "tfn": dict(text_hidden=8, audio_hidden=4, vision_hidden=4, text_out=4, post_fusion_dim=16,
+                audio_dropout=0.0, vision_dropout=0.0),
+    "lmf": dict(text_hidden=16, audio_hidden=8, vision_hidden=8, text_out=8, rank=4,
+                audio_dropout=0.1, vision_dropout=0.1),
 }
 SHAPES = {"text": (8, 16), "audio": (12, 4), "vision": (10, 6)}
 DIMS = {m: D for m, (_, D) in SHAPES.items()}
@@ -271,6 +275,28 @@ def test_mult_size_matches_mmsa_mosi():
     states (6 pairs x 4 layers x 50) and missing states (3 x 100)."""
     m = create_model("mult", {"text": 768, "audio": 5, "vision": 20})
     assert sum(p.numel() for p in m.parameters()) == 2_571_551 + 6 * 4 * 50 + 3 * 100
+
+
+def test_tfn_size_matches_mmsa_mosi():
+    """MMSA 2.2.1's TFN on MOSI (768/5/20; hidden 128/32/128, text_out 32, post-fusion 64) has
+    9,497,045 parameters, 2 of them its frozen output range/shift (buffers here); ours adds
+    the missing vectors (text_out 32 + audio 32 + vision 128). With 3 classes MMSA has
+    9,497,175."""
+    dims = {"text": 768, "audio": 5, "vision": 20}
+    m = create_model("tfn", dims)
+    assert sum(p.numel() for p in m.parameters()) == 9_497_045 - 2 + (32 + 32 + 128)
+    m = create_model("tfn", dims, n_classes=3)
+    assert sum(p.numel() for p in m.parameters()) == 9_497_175 - 2 + (32 + 32 + 128)
+
+
+def test_lmf_size_matches_mmsa_mosi():
+    """MMSA 2.2.1's LMF on MOSI (768/5/20; hidden 128/16/128, text_out 64, rank 3) has 505,071
+    parameters (506,339 with 3 classes); ours adds the missing vectors (64 + 16 + 128)."""
+    dims = {"text": 768, "audio": 5, "vision": 20}
+    m = create_model("lmf", dims)
+    assert sum(p.numel() for p in m.parameters()) == 505_071 + (64 + 16 + 128)
+    m = create_model("lmf", dims, n_classes=3)
+    assert sum(p.numel() for p in m.parameters()) == 506_339 + (64 + 16 + 128)
 
 
 def test_mult_no_nan_with_empty_modality_and_heavy_key_dropout():
