@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from msakit.data.registry import DATASETS, load_dataset
     from msakit.evaluate.matrix import matrix_markdown, run_matrix
-    from msakit.evaluate.tables import write_text
+    from msakit.fileio import write_text
 
     out, docs = Path(args.out), Path(args.docs)
     figdir = docs / "figures" / "robustness"

@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from msakit.display import SHOW, summary_table
+from msakit.errors import ConfigError, MsakitError
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, help=__doc__, pretty_exceptions_enable=False,
@@ -32,8 +33,6 @@ LIST_OPTIONS = {
 
 def parse_sets(sets: list[str] | None) -> dict[str, str]:
     """``["lr=1e-3", "d=64"]`` -> ``{"lr": "1e-3", "d": "64"}`` (typed later by the config)."""
-    from msakit.errors import ConfigError
-
     out = {}
     for s in sets or []:
         k, sep, v = s.partition("=")
@@ -117,8 +116,6 @@ def train(
 
 def _threads(n: int | None) -> None:
     if n is not None:
-        from msakit.errors import ConfigError
-
         if n < 1:
             raise ConfigError(f"--threads {n}: expected an integer >= 1")
         import torch
@@ -294,15 +291,11 @@ def matrix(
     for item in levels or []:
         p, sep, spec = item.partition("=")
         if not sep:
-            from msakit.errors import ConfigError
-
             raise ConfigError(f"--levels {item!r}: expected PROTOCOL=LEVELS")
         lv[p.strip()] = spec
     try:
         seed_list = [int(s) for s in _split_list(seeds)]
     except ValueError:
-        from msakit.errors import ConfigError
-
         raise ConfigError(f"--seeds {' '.join(seeds)}: expected integers") from None
     res = run_matrix(
         dataset, _split_list(models), out, protocols=_split_list(protocols),
@@ -330,7 +323,8 @@ def results(
     out: Annotated[Path | None, typer.Option(help="write the table here instead of printing")] = None,
 ) -> None:
     """Aggregate run folders (seed_*/metrics.json or summary.json) into one table."""
-    from msakit.evaluate.tables import collect_results, format_results, write_text
+    from msakit.evaluate.tables import collect_results, format_results
+    from msakit.fileio import write_text
 
     df = collect_results(dirs, split=split, group_by=_split_list(group_by))
     text = format_results(df, format_, _split_list(metrics) or None)
@@ -344,8 +338,6 @@ def results(
 def main(argv: list[str] | None = None) -> None:
     """Entry point: msakit's own errors (bad input, bad options, unusable run folders) print one
     line on stderr and exit 2; anything else is a bug and keeps its traceback."""
-    from msakit.errors import MsakitError
-
     args = expand_list_options(list(sys.argv[1:] if argv is None else argv))
     try:
         app(args=args, prog_name="msakit")

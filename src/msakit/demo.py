@@ -61,7 +61,8 @@ def run_demo(out: Path, seeds=(1111, 1112), console: Console | None = None, work
     if not seeds or len(set(seeds)) < len(seeds):
         raise ConfigError(f"--seeds {' '.join(map(str, seeds))}: expected distinct seeds")
     t0 = time.time()
-    todo = [(ds, m, e) for ds, ms, e in plan if ds in available_datasets([ds]) for m in ms]
+    here = set(available_datasets([ds for ds, _, _ in plan]))
+    todo = [(ds, m, e) for ds, ms, e in plan if ds in here for m in ms]
     skipped = [ds for ds, _, _ in plan if ds not in {d for d, _, _ in todo}]
     jobs = [(m, ds, s, str(out / ds / m / f"seed_{s}"), e) for ds, m, e in todo for s in seeds]
     workers = workers or max(1, min(len(jobs), os.cpu_count() or 1))

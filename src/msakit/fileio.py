@@ -50,6 +50,16 @@ def _json_default(o: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(o)}")
 
 
+def check_out_dir(out: str | os.PathLike) -> Path:
+    """``--out``: a folder or a path that does not exist yet (ConfigError otherwise)."""
+    from msakit.errors import ConfigError
+
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out}: exists and is not a folder")
+    return out
+
+
 def read_json(path: str | os.PathLike, expect: type = dict) -> Any:
     """A run file (config.json, metrics.json, summary.json, ...): a missing, unreadable or
     malformed one raises an msakit error naming it."""

@@ -40,18 +40,6 @@ MAX_VALUES = 15  # regression labels with at most this many distinct values: cou
 _CHUNK_ELEMS = 1 << 22  # samples per chunk ~ this many floats
 
 
-def _declared_range(ds) -> tuple[float, float] | None:
-    lr = getattr(ds, "label_range", None)
-    if lr is not None:
-        return float(lr[0]), float(lr[1])
-    return {"mosi": (-3.0, 3.0), "sims": (-1.0, 1.0)}.get(getattr(ds, "label_scale", ""))
-
-
-def _is_classification(ds) -> bool:
-    return getattr(ds, "task", "regression") == "classification" or bool(
-        getattr(ds, "classes", None))
-
-
 def _feature_stats(x: np.ndarray, lengths: np.ndarray, present: np.ndarray) -> dict:
     """Per-feature count/sum/sumsq/min/max over observed steps, chunked over samples."""
     n, L, D = x.shape
@@ -148,10 +136,10 @@ def _label_report(y: np.ndarray, classes, lr) -> dict:
 
 def inspect_dataset(ds) -> dict:
     """A JSON-able summary of ``ds`` (an MSADataset) with ``warnings``; see the module doc."""
-    classes = tuple(getattr(ds, "classes", None) or ())
-    is_cls = _is_classification(ds)
-    lr = None if is_cls else _declared_range(ds)
-    standardized = bool(getattr(ds, "standardized", False) or ds.info.get("standardized"))
+    classes = tuple(ds.classes or ())
+    is_cls = ds.task == "classification"
+    lr = None if is_cls or ds.label_range is None else tuple(map(float, ds.label_range))
+    standardized = bool(ds.standardized or ds.info.get("standardized"))
     mods = list(ds.modalities)
     rep: dict = {
         "name": ds.name,

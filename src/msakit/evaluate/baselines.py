@@ -23,7 +23,7 @@ from sklearn.linear_model import Ridge
 from msakit.corrupt import parse_protocol
 from msakit.data.batch import SplitData, collate
 from msakit.data.dataset import MSADataset
-from msakit.evaluate.metrics import metrics_for
+from msakit.evaluate.metrics import dataset_metrics
 from msakit.models.layers import masked_mean
 
 ALPHAS = (0.01, 0.1, 1.0, 10.0, 100.0, 1e3, 1e4)
@@ -69,7 +69,7 @@ def ridge_concat(ds: MSADataset, modalities: tuple[str, ...] | None = None) -> d
         return np.concatenate([data[s][0][m] for m in mods], 1)
 
     r = _fit_ridge(X("train"), data["train"][2], X("valid"), data["valid"][2])
-    return _metrics(ds)(r.predict(X("test")), data["test"][2])
+    return dataset_metrics(ds)(r.predict(X("test")), data["test"][2])
 
 
 def ridge_experts(ds: MSADataset, protocol: str | None, seed: int = 0) -> dict:
@@ -93,14 +93,10 @@ def ridge_experts(ds: MSADataset, protocol: str | None, seed: int = 0) -> dict:
                 np.concatenate([va[0][m] for m in sub], 1), va[2],
             )
             pred[rows] = r.predict(np.concatenate([te_x[m][rows] for m in sub], 1))
-    return _metrics(ds)(pred, te_y)
-
-
-def _metrics(ds: MSADataset):
-    return metrics_for(ds.label_scale, 0, getattr(ds, "label_range", None))
+    return dataset_metrics(ds)(pred, te_y)
 
 
 def median_predictor(ds: MSADataset) -> dict:
     """Test metrics of predicting the training labels' median for every sample (regression)."""
     y_tr, y_te = ds.splits["train"].y, ds.splits["test"].y
-    return _metrics(ds)(np.full(len(y_te), float(np.median(y_tr))), y_te)
+    return dataset_metrics(ds)(np.full(len(y_te), float(np.median(y_tr))), y_te)

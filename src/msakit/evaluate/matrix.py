@@ -30,7 +30,6 @@ from msakit.evaluate.robustness import (
     PLOT_METRICS,
     SUMMARY_COLUMNS,
     check_eval_options,
-    check_out_dir,
     fingerprint,
     metric_kind,
     parse_levels,
@@ -38,10 +37,10 @@ from msakit.evaluate.robustness import (
     sweep,
     write_sweep,
 )
-from msakit.evaluate.tables import markdown, pm, write_text
-from msakit.fileio import read_json
+from msakit.evaluate.tables import markdown, pm
+from msakit.fileio import check_out_dir, read_json, write_json, write_text
 from msakit.train.api import train
-from msakit.train.engine import TrainConfig, write_json
+from msakit.train.engine import TrainConfig
 
 CLEAN = ("none", "clean", "")
 

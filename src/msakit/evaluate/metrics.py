@@ -225,6 +225,11 @@ def metrics_for(
     return fns[label_scale]
 
 
+def dataset_metrics(ds) -> Callable[..., dict[str, float]]:
+    """:func:`metrics_for` with a dataset's label scale, class count and declared range."""
+    return metrics_for(ds.label_scale, len(ds.classes or ()), ds.label_range)
+
+
 def metric_names(label_scale: str, n_classes: int = 0) -> tuple[str, ...]:
     """The keys :func:`metrics_for` ``(label_scale, n_classes)`` returns."""
     if n_classes and n_classes >= 2:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from msakit.evaluate.tables import atomic_path
+from msakit.fileio import atomic_path
 
 
 def _is_number(s: str) -> bool:

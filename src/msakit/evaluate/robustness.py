@@ -37,11 +37,12 @@ from msakit.data.batch import collate
 from msakit.data.dataset import MSADataset
 from msakit.data.registry import load_dataset
 from msakit.errors import ConfigError
+from msakit.evaluate.metrics import dataset_metrics
 from msakit.evaluate.plots import plot_sweep
 from msakit.evaluate.runs import seed_dirs
-from msakit.evaluate.tables import sweep_latex, sweep_markdown, write_text
-from msakit.fileio import read_json
-from msakit.train.engine import dataset_metrics, load_run_model, write_json
+from msakit.evaluate.tables import sweep_latex, sweep_markdown
+from msakit.fileio import check_out_dir, read_json, write_json, write_text
+from msakit.train.engine import load_run_model
 
 DEFAULT_LEVELS: dict[str, list[str]] = {
     "frames": [f"{i / 10:g}" for i in range(10)],
@@ -63,7 +64,7 @@ PLOT_METRICS = {
 
 def metric_kind(ds: MSADataset) -> str:
     """Which metric family a dataset reports: its label scale, or "classification"."""
-    return "classification" if getattr(ds, "classes", None) else ds.label_scale
+    return "classification" if ds.classes else ds.label_scale
 
 
 def kind_of_metrics(names) -> str:
@@ -354,13 +355,6 @@ def check_eval_options(batch_size: int, device: str | torch.device) -> torch.dev
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"--device {device!r}: CUDA is not available on this machine")
     return dev
-
-
-def check_out_dir(out: str | os.PathLike) -> Path:
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out}: exists and is not a folder")
-    return out
 
 
 def write_sweep(

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from msakit.errors import ConfigError, MissingDataError
-from msakit.fileio import atomic_path, read_json, write_text  # noqa: F401  (re-exported)
+from msakit.fileio import read_json
 
 LOWER_IS_BETTER = ("mae",)
 

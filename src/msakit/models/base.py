@@ -152,7 +152,6 @@ class MSAModel(nn.Module):
             return nn.functional.mse_loss(pred, y)
         return nn.functional.l1_loss(pred, y)
 
-    task_loss = regression_loss
 
     def loss(self, out: Output, batch: Batch) -> dict[str, torch.Tensor]:
         reg = self.regression_loss(out.pred, batch.y)

@@ -49,7 +49,7 @@ from torch import nn
 
 from msakit.data.batch import Batch
 from msakit.models.base import ModelConfig, MSAModel, Output, register_model
-from msakit.models.tfn import UnimodalSubnets, per_modality, with_one
+from msakit.models.tfn import UnimodalSubnets, with_one
 
 
 @dataclass
@@ -78,12 +78,7 @@ class LMF(MSAModel):
         c = config
         c.check()
         self.mods = tuple(self.dims)  # canonical order
-        self.subnets = UnimodalSubnets(
-            self.dims,
-            per_modality(c, self.mods, "hidden"),
-            c.text_out,
-            per_modality(c, self.mods, "dropout"),
-        )
+        self.subnets = UnimodalSubnets.from_config(self.dims, c)
         self.factors = nn.ParameterDict(
             {
                 m: nn.Parameter(torch.empty(c.rank, self.subnets.size[m] + 1, self.out_dim))

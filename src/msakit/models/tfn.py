@@ -157,6 +157,12 @@ class UnimodalSubnets(nn.Module):
             {m: nn.Parameter(torch.zeros(self.size[m])) for m in self.mods}
         )
 
+    @classmethod
+    def from_config(cls, dims: dict[str, int], c: Any) -> UnimodalSubnets:
+        """Sizes from a TFN/LMF config's ``<m>_hidden``, ``<m>_dropout`` and ``text_out``."""
+        mods = tuple(dims)
+        return cls(dims, per_modality(c, mods, "hidden"), c.text_out, per_modality(c, mods, "dropout"))
+
     def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
         out = {}
         for m in self.mods:
@@ -199,12 +205,7 @@ class TFN(MSAModel):
         c = config
         c.check()
         self.mods = tuple(self.dims)  # canonical order
-        self.subnets = UnimodalSubnets(
-            self.dims,
-            per_modality(c, self.mods, "hidden"),
-            c.text_out,
-            per_modality(c, self.mods, "dropout"),
-        )
+        self.subnets = UnimodalSubnets.from_config(self.dims, c)
         n_fused = 1
         for m in self.mods:
             n_fused *= self.subnets.size[m] + 1

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -12,14 +11,13 @@ import numpy as np
 from msakit.data.dataset import MSADataset
 from msakit.data.registry import load_dataset
 from msakit.errors import ConfigError, RunError
-from msakit.fileio import read_json
+from msakit.fileio import check_out_dir, read_json, write_json
 from msakit.train.engine import (
     RunLock,
     TrainConfig,
     config_diff,
     fit_seed,
     resolved_config,
-    write_json,
 )
 
 DEFAULT_SEEDS = (1111, 1112, 1113)
@@ -70,9 +68,7 @@ def train(
     dup = sorted({s for s in seeds if seeds.count(s) > 1})
     if dup:
         raise ConfigError(f"--seeds: seed(s) {dup} given more than once")
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out}: exists and is not a folder")
+    out = check_out_dir(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / f".msakit-write-test-{os.getpid()}"

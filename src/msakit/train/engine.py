@@ -39,8 +39,8 @@ from msakit.corrupt import Protocol, parse_protocol
 from msakit.data.batch import Batch, SplitData, collate
 from msakit.data.dataset import SPLITS, MSADataset
 from msakit.errors import ConfigError, MissingDataError, MsakitError, RunError
-from msakit.evaluate.metrics import metrics_for
-from msakit.fileio import atomic_path, read_json, write_json  # noqa: F401  (write_json re-exported)
+from msakit.evaluate.metrics import dataset_metrics
+from msakit.fileio import atomic_path, check_out_dir, read_json, write_json
 from msakit.models.base import MSAModel, create_model, make_config
 
 log = logging.getLogger("msakit")
@@ -89,11 +89,9 @@ class TrainConfig:
         if self.select not in known:
             raise ConfigError(f"select={self.select!r}: expected auto or one of {sorted(known - {'auto'})}")
 
-    def display_only(self) -> tuple[str, ...]:
-        """Fields that do not change what is computed (ignored when comparing configs)."""
-        return ("progress", "accelerator", "eval_batch_size")
 
-
+# TrainConfig fields that do not change what is computed (ignored when comparing configs)
+DISPLAY_ONLY = ("progress", "accelerator", "eval_batch_size")
 HIGHER_IS_BETTER = ("acc", "f1", "corr", "r2")
 ACCELERATORS = ("cpu", "gpu", "cuda", "mps", "auto")
 
@@ -114,23 +112,18 @@ def save_state(model: torch.nn.Module, path: Path) -> None:
 
 
 class _IndexSampler(Sampler):
-    """Yields batches of row indices; the order is a function of (seed, epoch) only. Lightning
-    calls ``set_epoch`` on ``batch_sampler.sampler`` before every epoch (also after a resume),
-    so the sampler is its own ``sampler``."""
+    """Yields batches of row indices; a shuffled order is a function of (seed, epoch) only,
+    the epoch read from ``epoch_fn`` (the trainer's) when an epoch's iteration starts, so a
+    resumed run replays the same order (Lightning's set_epoch never reaches a batch_sampler)."""
 
     def __init__(self, n: int, batch_size: int, shuffle: bool, seed: int, epoch_fn=None) -> None:
-        self.n, self.bs, self.shuffle, self.seed, self.epoch = n, batch_size, shuffle, seed, 0
-        self.sampler = self
-        self.epoch_fn = epoch_fn  # the trainer's epoch, read when an epoch's iteration starts
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
+        self.n, self.bs, self.shuffle, self.seed = n, batch_size, shuffle, seed
+        self.epoch_fn = epoch_fn or (lambda: 0)
 
     def __iter__(self):
         order = np.arange(self.n)
         if self.shuffle:
-            epoch = self.epoch_fn() if self.epoch_fn is not None else self.epoch
-            order = np.random.default_rng([self.seed, epoch]).permutation(self.n)
+            order = np.random.default_rng([self.seed, self.epoch_fn()]).permutation(self.n)
         for i in range(0, self.n, self.bs):
             yield order[i : i + self.bs].tolist()
 
@@ -184,7 +177,7 @@ class LitMSA(L.LightningModule):
         self.seed = seed
         self.corrupt: Protocol | None = parse_protocol(effective_corrupt(tcfg, model.config))
         self.metric_fn = dataset_metrics(dataset)
-        self.select, self.mode = select_metric(tcfg, dataset_task(dataset))
+        self.select, self.mode = select_metric(tcfg, dataset.task)
         self._val: list[tuple[np.ndarray, np.ndarray]] = []
         self.engine: Any = None
 
@@ -257,16 +250,6 @@ class RunResult:
     config: dict = field(default_factory=dict)
 
 
-def dataset_task(ds: MSADataset) -> str:
-    return "classification" if getattr(ds, "classes", None) else "regression"
-
-
-def dataset_metrics(ds: MSADataset):
-    return metrics_for(
-        ds.label_scale, len(getattr(ds, "classes", None) or ()), getattr(ds, "label_range", None)
-    )
-
-
 def effective_corrupt(tcfg: TrainConfig, mcfg: Any) -> str:
     """The training corruption that actually runs: the user's, else the model's default."""
     spec = tcfg.corrupt if tcfg.corrupt is not None else mcfg.default_corrupt
@@ -276,13 +259,8 @@ def effective_corrupt(tcfg: TrainConfig, mcfg: Any) -> str:
 def effective_normalize(mcfg: Any, ds: MSADataset) -> str:
     """``auto`` -> ``zscore`` unless the dataset declares standardised features."""
     if mcfg.normalize == "auto":
-        return "none" if getattr(ds, "standardized", False) else "zscore"
+        return "none" if ds.standardized else "zscore"
     return mcfg.normalize
-
-
-def dataset_hash(ds: MSADataset) -> str | None:
-    fn = getattr(ds, "content_hash", None)
-    return fn() if fn is not None else None
 
 
 def resolved_config(
@@ -291,8 +269,8 @@ def resolved_config(
     mcfg = make_config(model_name, **overrides)
     train = dataclasses.asdict(tcfg)
     train["corrupt"] = effective_corrupt(tcfg, mcfg)
-    train["select"] = "/".join(select_metric(tcfg, dataset_task(dataset)))
-    classes = getattr(dataset, "classes", None)
+    train["select"] = "/".join(select_metric(tcfg, dataset.task))
+    classes = dataset.classes
     return {
         "model": model_name,
         "model_config": dataclasses.asdict(mcfg),
@@ -300,7 +278,7 @@ def resolved_config(
         "train": train,
         "normalize": effective_normalize(mcfg, dataset),
         "dataset": dataset.name,
-        "dataset_hash": dataset_hash(dataset),
+        "dataset_hash": dataset.content_hash(),
         "dataset_info": dataset.info,
         "label_scale": dataset.label_scale,
         "classes": list(classes) if classes else None,
@@ -315,7 +293,7 @@ def config_diff(old: dict, new: dict, ignore_seed: bool = False) -> list[str]:
     """Keys (dotted) whose values differ between two resolved configs; display-only and
     version fields are ignored."""
     skip = {"msakit_version", "dataset_info", "overrides"} | ({"seed"} if ignore_seed else set())
-    skip_train = set(TrainConfig().display_only())
+    skip_train = set(DISPLAY_ONLY)
     out = []
     for k in sorted(set(old) | set(new)):
         if k in skip:
@@ -335,7 +313,7 @@ def config_diff(old: dict, new: dict, ignore_seed: bool = False) -> list[str]:
 def check_dataset(cfg: dict, ds: MSADataset, where: str | os.PathLike) -> None:
     """Refuse to evaluate or resume a run on a dataset of the same name whose content changed
     since training (its content hash is in config.json)."""
-    want, have = cfg.get("dataset_hash"), dataset_hash(ds)
+    want, have = cfg.get("dataset_hash"), ds.content_hash()
     if cfg.get("dataset") == ds.name and want and have and want != have:
         raise RunError(
             f"{where}: dataset {ds.name!r} changed since this run was trained (content hash "
@@ -526,8 +504,7 @@ def fit_seed(
     tcfg = tcfg or TrainConfig()
     overrides = dict(overrides or {})
     run_dir = Path(run_dir)
-    if run_dir.exists() and not run_dir.is_dir():
-        raise ConfigError(f"--out {run_dir}: exists and is not a folder")
+    check_out_dir(run_dir)
     cfg = resolved_config(model_name, dataset, seed, tcfg, overrides)
     with RunLock(run_dir):
         if (run_dir / "config.json").exists():
@@ -596,8 +573,8 @@ def _fit(model_name, dataset, seed, run_dir, tcfg, overrides, cfg, verbose) -> R
             num_sanity_val_steps=0,
             log_every_n_steps=1,
         )
-        trainer.fit(lit, train_dl, val_dl, ckpt_path=str(last) if last.exists() else None,
-                    weights_only=True)
+        resume = str(last) if last.exists() else None
+        trainer.fit(lit, train_dl, val_dl, ckpt_path=resume, weights_only=True)
 
     best = ckpt_dir / "best.ckpt"
     if best.exists():
@@ -664,8 +641,7 @@ class CSVRows(L.pytorch.loggers.Logger):
         if not self._dirty:
             return
         keys = sorted({k for r in self.rows for k in r} - {"epoch", "step"})
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        _, tmp = atomic_path(self.path)
         with open(tmp, "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=["epoch", "step", *keys], restval="")
             w.writeheader()
