@@ -26,8 +26,8 @@ COMMANDS = (["models"], ["--help"], ["datasets"])
 
 def timed(src: Path, args: list[str]) -> float:
     env = {**os.environ, "PYTHONPATH": str(src)}
-    code = ("import sys, msakit; assert msakit.__file__.startswith(%r), msakit.__file__\n"
-            "sys.argv = ['msakit', *%r]\nfrom msakit.cli import main\nmain()" % (str(src), args))
+    code = (f"import sys, msakit; assert msakit.__file__.startswith({str(src)!r}), msakit.__file__\n"
+            f"sys.argv = ['msakit', *{args!r}]\nfrom msakit.cli import main\nmain()")
     t = time.perf_counter()
     r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     dt = time.perf_counter() - t

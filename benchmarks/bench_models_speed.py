@@ -1,7 +1,11 @@
 """Training-step time, inference throughput and peak memory of registered models on
 MOSI-shaped input (text 50x768 as precomputed BERT-sized features, audio 375x5, vision 500x20).
 
-Each model is measured in its own subprocess so peak RSS figures are comparable.
+Each model is measured in its own subprocess so peak RSS figures are comparable. Also the
+FLOPs of one training step (forward, loss and backward; ``torch.utils.flop_counter``, with
+torch's CPU flash-attention kernels counted like its GPU ones) and the share of the machine's
+float32 matmul peak the step achieves: step FLOPs / median step time / peak, the peak being the
+best of a few 2048x2048 matmuls timed by this script at the same thread count.
 
     python benchmarks/bench_models_speed.py --models lnln hme cyin mult late_fusion \
         --batch 32 --steps 5 --out bench_speed.json [--markdown]
@@ -33,6 +37,41 @@ def make_batch(bs: int, seed: int = 0):
     return collate(sd, np.arange(bs), trim=False)
 
 
+def matmul_peak_gflops(threads: int, n: int = 2048, reps: int = 5) -> float:
+    """Best GFLOP/s of an n x n float32 matmul over ``reps`` runs (after a warm-up)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    best = float("inf")
+    for _ in range(reps):
+        t = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best / 1e9
+
+
+def _flop_counter():
+    """FlopCounterMode that also counts torch's CPU flash-attention kernels (torch counts only
+    the GPU ones): the same formulas, 4*B*H*Lq*Lk*d forward and 2.5x that backward."""
+    import torch
+    from torch.utils import flop_counter as fc
+
+    aten = torch.ops.aten
+
+    def fwd(q, k, v, *args, out_shape=None, **kwargs):
+        return fc.sdpa_flop_count(q, k, v)
+
+    def bwd(grad, q, k, v, *args, out_shape=None, **kwargs):
+        return fc.sdpa_backward_flop_count(grad, q, k, v)
+
+    return fc.FlopCounterMode(display=False, custom_mapping={
+        aten._scaled_dot_product_flash_attention_for_cpu: fwd,
+        aten._scaled_dot_product_flash_attention_for_cpu_backward: bwd,
+    })
+
+
 def measure(name: str, bs: int, steps: int, overrides: dict, threads: int) -> dict:
     import torch
 
@@ -48,15 +87,19 @@ def measure(name: str, bs: int, steps: int, overrides: dict, threads: int) -> di
     prot = parse_protocol(model.config.default_corrupt)
     model.train()
 
-    def step():
+    def step(update: bool = True):
         b = prot(batch, seed=0) if prot is not None else batch
         out = model(b)
         loss = model.loss(out, b)["total"]
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        opt.step()
+        if update:
+            opt.step()
 
     step()  # warm-up
+    counter = _flop_counter()
+    with counter:
+        step(update=False)
     times, cpu = [], []
     for _ in range(steps):
         t, c = time.perf_counter(), time.process_time()
@@ -79,6 +122,8 @@ def measure(name: str, bs: int, steps: int, overrides: dict, threads: int) -> di
         "infer_samples_per_s": bs / infer,
         "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
         "train_corruption": model.config.default_corrupt,
+        "train_step_gflop": counter.get_total_flops() / 1e9,
+        "msakit": msakit.__file__,
     }
 
 
@@ -95,6 +140,8 @@ def main() -> None:
     if a.child:
         print(json.dumps(measure(a.child, a.batch, a.steps, {}, a.threads)))
         return
+    peak = matmul_peak_gflops(a.threads)
+    print(f"float32 matmul peak ({a.threads} thread(s)): {peak:.1f} GFLOP/s", flush=True)
     rows = []
     for m in a.models:
         p = subprocess.run(
@@ -106,21 +153,27 @@ def main() -> None:
             raise SystemExit(f"{m} failed:\n{p.stderr[-3000:]}")
         rows.append(json.loads(p.stdout.strip().splitlines()[-1]))
         r = rows[-1]
+        r["peak_share"] = r["train_step_gflop"] / r["train_step_s"] / peak
         print(f"{m:12s} params {r['params']:>9,d}  step {r['train_step_s']:.3f} s "
               f"(CPU {r['train_step_cpu_s']:.3f} s)  "
-              f"infer {r['infer_samples_per_s']:.0f}/s  peak {r['peak_rss_gb']:.2f} GB", flush=True)
+              f"infer {r['infer_samples_per_s']:.0f}/s  peak {r['peak_rss_gb']:.2f} GB  "
+              f"{r['train_step_gflop']:.1f} GFLOP/step  {100 * r['peak_share']:.1f}% of peak",
+              flush=True)
     meta = {"date": str(date.today()), "machine": f"{platform.machine()} {platform.processor()}",
             "cpus": __import__("os").cpu_count(), "batch": a.batch, "steps": a.steps,
             "threads": a.threads, "load_avg": __import__("os").getloadavg(),
-            "command": " ".join(sys.argv)}
+            "matmul_peak_gflops": peak, "command": " ".join(sys.argv)}
     with open(a.out, "w") as f:
         json.dump({"meta": meta, "rows": rows}, f, indent=2)
     if a.markdown:
-        print("\n| model | params | train step, wall (s) | train step, CPU (s) | inference (samples/s) | peak RSS (GB) |")
-        print("|---|---:|---:|---:|---:|---:|")
+        print(f"\nfloat32 matmul peak: {peak:.1f} GFLOP/s at {a.threads} thread(s)")
+        print("\n| model | params | train step, wall (s) | train step, CPU (s) | inference (samples/s) | peak RSS (GB) "
+              "| GFLOP / train step | share of matmul peak |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|")
         for r in rows:
             print(f"| {r['model']} | {r['params']:,} | {r['train_step_s']:.3f} | {r['train_step_cpu_s']:.3f} | "
-                  f"{r['infer_samples_per_s']:.0f} | {r['peak_rss_gb']:.2f} |")
+                  f"{r['infer_samples_per_s']:.0f} | {r['peak_rss_gb']:.2f} | {r['train_step_gflop']:.1f} | "
+                  f"{100 * r['peak_share']:.1f}% |")
 
 
 if __name__ == "__main__":

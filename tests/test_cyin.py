@@ -12,7 +12,7 @@ import torch
 
 import msakit
 from msakit.corrupt import parse_protocol
-from msakit.data.batch import Batch, SplitData, collate
+from msakit.data.batch import Batch, Corruption, SplitData, collate
 from msakit.data.dataset import MSADataset
 from msakit.models import create_model
 from msakit.models.layers import window_mean as pool_steps
@@ -192,21 +192,21 @@ def test_cycle_and_translation_losses_decrease_under_training(batch):
 
 def test_clean_targets_used_in_loss_only(batch):
     net = model().train()
-    clean = {"x": batch.x, "mask": batch.mask, "present": batch.present}
-    corrupted = hide(batch, "text", [0, 2])
-    corrupted.extra = {"clean": clean}
+    rec = Corruption(clean=batch, missing_rate={})
+    corrupted = hide(batch, "text", [0, 2]).replace(corruption=rec)
     torch.manual_seed(4)
     l1 = net.loss(net(corrupted), corrupted)
-    other = {**clean, "x": {**clean["x"], "text": clean["x"]["text"] + 1.0}}
+    other = corrupted.replace(corruption=Corruption(
+        clean=batch.replace(x={**batch.x, "text": batch.x["text"] + 1.0}), missing_rate={}))
     torch.manual_seed(4)
-    out2 = net(corrupted.replace(extra={"clean": other}))
+    out2 = net(other)
     net.eval()
     a = net(corrupted).pred
-    b = net(corrupted.replace(extra={"clean": other})).pred
+    b = net(other).pred
     net.train()
     assert torch.equal(a, b)  # forward never reads the clean batch
     torch.manual_seed(4)
-    l2 = net.loss(out2, corrupted.replace(extra={"clean": other}))
+    l2 = net.loss(out2, other)
     assert l1["trans"] != l2["trans"]  # ... but the translation targets come from it
 
 

@@ -350,7 +350,7 @@ def test_bank_holds_normalised_encodings_when_inputs_are_z_scored(dataset):
     n = len(dataset.splits["train"])
     b = collate(dataset.splits["train"], np.arange(n))
     with torch.no_grad():
-        want, _ = model.encode(model.normalize_batch(b))
+        want, _ = model.encode(model.prepare_batch(b))
         raw, _ = model.encode(b)
     torch.testing.assert_close(model.bank_x, want, atol=1e-5, rtol=1e-5)
     assert not torch.allclose(model.bank_x, raw, atol=1e-3)

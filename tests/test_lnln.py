@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import csv
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 
 import msakit
-from msakit.data.batch import Batch, SplitData
+from msakit.data.batch import Batch, Corruption, SplitData
 from msakit.data.dataset import MSADataset
 from msakit.models import create_model
 from msakit.models.lnln import grad_reverse
@@ -47,8 +48,8 @@ def corrupt(batch: Batch, drops: dict[str, list[tuple[int, int]]]) -> Batch:
         for i, t in pairs:
             mask[m][i, t] = False
     x = {m: batch.x[m] * mask[m][..., None] for m in batch.x}
-    clean = {"x": batch.x, "mask": batch.mask, "present": batch.present}
-    return batch.replace(x=x, mask=mask, extra={"clean": clean})
+    rate = {m: 1 - (mask[m].sum(1) / batch.mask[m].sum(1).clamp_min(1)).float() for m in mask}
+    return batch.replace(x=x, mask=mask, corruption=Corruption(clean=batch, missing_rate=rate))
 
 
 def test_shapes_tiny_config():
@@ -142,7 +143,8 @@ def test_reconstruction_target_comes_from_the_clean_batch():
     assert not torch.allclose(out.extras["tokens"]["audio"][1], target["audio"][1], atol=1e-4)
     assert torch.allclose(out.extras["tokens"]["audio"][0], target["audio"][0], atol=1e-6)
     # changing clean content changes the reconstruction loss, never the prediction
-    cb2 = cb.replace(extra={"clean": {**cb.extra["clean"], "x": {**b.x, "audio": b.x["audio"] * 3}}})
+    cb2 = cb.replace(corruption=replace(
+        cb.corruption, clean=cb.clean.replace(x={**b.x, "audio": b.x["audio"] * 3})))
     out2 = model(cb2)
     assert torch.equal(out2.pred, out.pred)
     l1, l2 = model.loss(out, cb), model.loss(out2, cb2)
@@ -250,6 +252,6 @@ def test_eval_prediction_does_not_depend_on_batch_mates():
                 x={m: v[i : i + 1] for m, v in b.x.items()},
                 mask={m: v[i : i + 1] for m, v in b.mask.items()},
                 present={m: v[i : i + 1] for m, v in b.present.items()},
-                y=b.y[i : i + 1], ids=b.ids[i : i + 1], extra={},
+                y=b.y[i : i + 1], ids=b.ids[i : i + 1], corruption=None,
             )
             assert torch.allclose(model(one).pred, full[i : i + 1], atol=1e-5)

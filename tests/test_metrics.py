@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import msakit.metrics as public
-from msakit.evaluate.metrics import (
+from msakit.metrics import (
     classification_metrics,
     metrics_for,
     range_metrics,

@@ -70,10 +70,9 @@ def test_frames_realised_rate(split, r):
         kept = observed_fraction(b, out, m)
         assert abs((1 - kept) - r) < 0.03, (m, kept)
         # the recorded per-sample rate agrees with the masks
-        rec = out.extra["missing_rate"][m]
+        rec = out.corruption.missing_rate[m]
         expect = 1 - out.observed(m).sum(1) / b.observed(m).sum(1)
         assert torch.allclose(rec, expect.float(), atol=1e-6)
-        assert torch.allclose(out.extra["frames_rate"][m], torch.tensor(r, dtype=torch.float32))
 
 
 def test_frames_nested_across_rates(split):
@@ -104,8 +103,8 @@ def test_dropped_content_is_blanked_and_clean_kept(split):
         assert (out.x[m][hidden] == 0).all()
         seen = out.observed(m)
         assert torch.equal(out.x[m][seen], b.x[m][seen])
-        assert out.extra["clean"]["x"][m] is b.x[m]
-        assert torch.equal(out.extra["clean"]["mask"][m], b.mask[m])
+        assert out.clean.x[m] is b.x[m]
+        assert torch.equal(out.clean.mask[m], b.mask[m])
 
 
 def test_masks_independent_of_batch_composition(split):
@@ -175,7 +174,7 @@ def test_noise_only_on_observed(split):
         assert torch.equal(out.mask[m], b.mask[m])
     again = parse_protocol("noise:0.5")(b, seed=0)
     assert torch.equal(again.x["audio"], out.x["audio"])
-    assert parse_protocol("noise:0.3+noise:0.4")(b, seed=0).extra["noise_sigma"] == pytest.approx(0.5)
+    assert parse_protocol("noise:0.3+noise:0.4")(b, seed=0).corruption.noise_sigma == pytest.approx(0.5)
 
 
 def test_text_ids_unk_with_cls_sep_kept():
@@ -186,7 +185,7 @@ def test_text_ids_unk_with_cls_sep_kept():
     assert torch.equal(ids[:, 0], b.text_ids[:, 0])  # [CLS]
     assert ((ids == 102).sum(1) == 1).all()  # [SEP] survives
     assert torch.equal(ids[~valid], b.text_ids[~valid])  # padding untouched
-    dropped = out.extra["text_ids_dropped"]
+    dropped = out.corruption.text_dropped
     assert (ids[dropped] == 100).all() and torch.equal(ids[~dropped], b.text_ids[~dropped])
     inner = valid & (b.text_ids != 101) & (b.text_ids != 102)
     frac = dropped[inner].float().mean().item()
@@ -206,14 +205,14 @@ def test_frames_random_schedule(split):
     prot = parse_protocol("frames:random")
     b = full(make_split(3000))
     out = prot(b, seed=0)
-    r = out.extra["frames_rate"]["text"]
+    r = prot.rates(b, 0, "text")
     assert abs((r == 0).float().mean().item() - 0.5) < 0.04
     nz = r[r > 0]
     assert abs(nz.mean().item() - 0.5) < 0.04 and nz.max() < 1
-    assert not torch.equal(r, out.extra["frames_rate"]["audio"])  # per modality
+    assert not torch.equal(r, prot.rates(b, 0, "audio"))  # per modality
     # redrawn for another seed (the engine passes seed*100003 + epoch)
-    assert not torch.equal(r, prot(b, seed=1).extra["frames_rate"]["text"])
-    assert abs(out.extra["missing_rate"]["audio"].mean().item() - 0.25) < 0.03
+    assert not torch.equal(r, prot.rates(b, 1, "text"))
+    assert abs(out.corruption.missing_rate["audio"].mean().item() - 0.25) < 0.03
 
 
 SPEC = "frames:0.37+modality:0.3+noise:0.1"
@@ -311,7 +310,7 @@ def test_domain_hook():
     if "domain_probe" not in PROTOCOLS:
         PROTOCOLS.register("domain_probe", ProbeDomain)
     out = parse_protocol("domain_probe:0->2+frames:0.5")(b, seed=0)
-    assert (out.domain == 2).all() and out.extra["missing_rate"]["audio"].mean() > 0.3
+    assert (out.domain == 2).all() and out.corruption.missing_rate["audio"].mean() > 0.3
 
 
 def test_take_rows_keeps_every_field():
@@ -321,5 +320,6 @@ def test_take_rows_keeps_every_field():
     keep[[1, 4]] = True
     out = take_rows(b, keep)
     assert out.ids == [b.ids[1], b.ids[4]] and out.text_ids.shape[0] == 2
-    assert out.extra["missing_rate"]["text"].shape == (2,)
-    assert out.extra["clean"]["x"]["text"].shape[0] == 2
+    assert out.corruption.missing_rate["text"].shape == (2,)
+    assert out.clean.x["text"].shape[0] == 2 and out.clean.ids == out.ids
+    assert out.corruption.text_dropped.shape[0] == 2

@@ -73,7 +73,7 @@ def test_catalog_verifies_real_files():
 def test_mosi_bclstm(mosi_labels):
     from sklearn.linear_model import Ridge
 
-    from msakit.evaluate.metrics import regression_metrics
+    from msakit.metrics import regression_metrics
 
     root = real_root("mosi-bclstm")
     ds = load_dataset("mosi-bclstm")

@@ -108,7 +108,7 @@ class Probe(MSAModel):
     def forward(self, batch):
         if self.training:
             SEEN.append((self.epoch, list(batch.ids), batch.mask["audio"].clone(),
-                         batch.extra.get("missing_rate")))
+                         batch.corruption and batch.corruption.missing_rate))
         obs = batch.observed("text").float().unsqueeze(-1)
         pooled = (batch.x["text"] * obs).sum(1) / obs.sum(1).clamp_min(1)
         return Output(self.lin(pooled).squeeze(-1))
@@ -219,7 +219,7 @@ def test_level0_matches_clean_evaluation(matrix_dir):
         row = res.per_seed[(res.per_seed.seed == d.name.split("_")[1]) & (res.per_seed.metric == "mae")]
         assert row.value.iloc[0] == pytest.approx(saved["mae"], abs=1e-6)
     full = res.per_seed[(res.per_seed.model == "oracle") & (res.per_seed.metric == "mae")].value.iloc[0]
-    from msakit.evaluate.metrics import regression_metrics
+    from msakit.metrics import regression_metrics
 
     sd = ds.splits["test"]
     b = collate(sd, np.arange(len(sd)))
@@ -234,7 +234,7 @@ def test_subset_sweep_and_oracle_sees_same_masks(matrix_dir):
     mae = res.per_seed[(res.per_seed.model == "oracle") & (res.per_seed.metric == "mae")]
     sd = ds.splits["test"]
     b = collate(sd, np.arange(len(sd)))
-    from msakit.evaluate.metrics import regression_metrics
+    from msakit.metrics import regression_metrics
 
     for lv, v in zip(mae.level, mae.value, strict=True):  # batch size does not change anything
         cb = parse_protocol(f"subset:{lv}")(b, seed=0)

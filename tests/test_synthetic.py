@@ -22,7 +22,7 @@ from msakit.data.sources.synthetic import (
     make_synthetic,
     posterior_median,
 )
-from msakit.evaluate.metrics import regression_metrics
+from msakit.metrics import regression_metrics
 
 
 def full_batch(split):
@@ -398,8 +398,10 @@ def test_noise_sigma_makes_oracle_exact_again(tiny_big_test):
     aware = mae(orc(noisy, noise_sigma=tau), te.y)
     assert aware < naive
     assert np.array_equal(orc.with_noise(tau)(noisy), orc(noisy, noise_sigma=tau))
-    noisy.extra["noise_sigma"] = {"text": tau, "audio": tau, "vision": tau}
-    assert np.array_equal(orc(noisy), orc(noisy, noise_sigma=tau))
+    from msakit.data.batch import Corruption
+
+    recorded = noisy.replace(corruption=Corruption(clean=b, missing_rate={}, noise_sigma=tau))
+    assert np.array_equal(orc(recorded), orc(noisy, noise_sigma=tau))
 
 
 def test_oracle_rejects_wrong_dims(tiny):

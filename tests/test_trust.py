@@ -292,8 +292,13 @@ def test_config_values_are_typed_wherever_they_come_from():
     assert a == b and isinstance(a.lr, float) and a.positions is False
     assert make_config("lnln", default_corrupt="none").default_corrupt is None
     assert make_config("lnln", default_corrupt="subset:la").default_corrupt == "subset:la"
-    with pytest.raises(ConfigError, match="default_corrupt"):
-        make_config("lnln", default_corrupt="nosuch:1")
+    # protocols are checked where they run (models don't import msakit.corrupt): before any
+    # training, with the field named
+    from msakit.train.engine import TrainConfig, resolved_config
+
+    with pytest.raises(ConfigError, match="default_corrupt='nosuch:1'.*nosuch"):
+        resolved_config("lnln", msakit.load_dataset("synthetic-tiny"), 1, TrainConfig(),
+                        {"default_corrupt": "nosuch:1"})
     with pytest.raises(ConfigError):
         make_config("mult", lr="fast")
     with pytest.raises(ConfigError):

@@ -31,17 +31,6 @@ LIST_OPTIONS = {
 
 
 
-def parse_sets(sets: list[str] | None) -> dict[str, str]:
-    """``["lr=1e-3", "d=64"]`` -> ``{"lr": "1e-3", "d": "64"}`` (typed later by the config)."""
-    out = {}
-    for s in sets or []:
-        k, sep, v = s.partition("=")
-        if not sep or not k.strip():
-            raise ConfigError(f"--set {s!r}: expected key=value")
-        out[k.strip()] = v.strip()
-    return out
-
-
 def expand_list_options(argv: list[str]) -> list[str]:
     """``train --seeds 1 2 3`` -> ``train --seeds 1 --seeds 2 --seeds 3`` for the options in
     :data:`LIST_OPTIONS` (also ``--seeds=1,2``); commas split values everywhere."""
@@ -85,10 +74,11 @@ def train(
     from msakit.train import train as train_fn
 
     _threads(threads)
-    from msakit.models.base import make_config
+    from msakit.models.base import make_config, parse_sets
     from msakit.train.engine import TrainConfig
 
-    make_config(model, **parse_sets(set_))  # bad options fail before any data is read
+    overrides = parse_sets(set_, [model])[model]
+    make_config(model, **overrides)  # bad options fail before any data is read
     if epochs is not None:
         TrainConfig(epochs=epochs)
     ds = _load(dataset)
@@ -100,7 +90,7 @@ def train(
     seeds = list(seeds or DEFAULT_SEEDS)
     summary = train_fn(
         model, ds, out, seeds=seeds, epochs=epochs, corrupt=corrupt,
-        overrides=parse_sets(set_), progress=progress, verbose=verbose,
+        overrides=overrides, progress=progress, verbose=verbose,
         on_seed_start=lambda i, s: console.print(
             f"[{i + 1}/{len(seeds)}] {model}, seed {s} -> {out / f'seed_{s}'}", markup=False
         ),
@@ -272,7 +262,7 @@ def matrix(
     train_corrupt: Annotated[list[str], typer.Option(
         help="comma-separated training corruptions, 'none' for clean, 'default' for the model's own",
     )] = ["none"],  # noqa: B006
-    seeds: Annotated[list[str], typer.Option(help="seeds, comma-separated or repeated")] = ["1111,1112,1113"],  # noqa: B006
+    seeds: Annotated[list[str] | None, typer.Option(help="seeds, comma-separated or repeated (default: train's)")] = None,
     epochs: Annotated[int | None, typer.Option(help="maximum epochs")] = None,
     levels: Annotated[list[str] | None, typer.Option(
         help="per-protocol levels as PROTOCOL=LEVELS, e.g. frames=0:0.9:0.1 (repeatable)")] = None,
@@ -293,8 +283,10 @@ def matrix(
         if not sep:
             raise ConfigError(f"--levels {item!r}: expected PROTOCOL=LEVELS")
         lv[p.strip()] = spec
+    from msakit.train.api import DEFAULT_SEEDS
+
     try:
-        seed_list = [int(s) for s in _split_list(seeds)]
+        seed_list = [int(s) for s in _split_list(seeds)] if seeds else list(DEFAULT_SEEDS)
     except ValueError:
         raise ConfigError(f"--seeds {' '.join(seeds)}: expected integers") from None
     res = run_matrix(

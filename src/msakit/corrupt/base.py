@@ -4,18 +4,21 @@ It updates ``mask`` / ``present`` and blanks the dropped content; missingness is
 from the masks. ``spec`` strings name a protocol and its level: ``frames:0.3``,
 ``modality:0.3``, ``subset:la``, ``noise:0.1``, ``frames:random``; ``a+b`` chains two.
 
-Every protocol keeps what the batch was before any corruption in
-``batch.extra["clean"] = {"x": ..., "mask": ..., "present": ...}`` (set by the first protocol
-applied, left alone by later ones), so a model may learn to reconstruct clean input (LNLN) or
-compute the realised missing rate ``1 - observed / clean-valid`` as a target. Models must use
-it only in ``loss``, never in ``forward`` (evaluation must not see clean data).
+Every protocol records what it did in ``batch.corruption`` (a typed
+:class:`~msakit.data.batch.Corruption`): the batch before any corruption (set by the first
+protocol applied, kept by later ones), so a model may learn to reconstruct clean input (LNLN),
+and the realised missing rate ``1 - observed / clean-valid`` per modality. Models read it only
+in ``loss``, never in ``forward`` (evaluation must not see clean data), and never import this
+package: the record is all they need.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from msakit.data.batch import Batch
+import torch
+
+from msakit.data.batch import Batch, Corruption
 from msakit.errors import ConfigError
 from msakit.registry import Registry
 
@@ -36,10 +39,11 @@ class Protocol:
         raise NotImplementedError
 
     def __call__(self, batch: Batch, seed: int = 0) -> Batch:
-        if "clean" not in batch.extra:
-            batch = batch.replace(
-                extra={**batch.extra, "clean": {"x": batch.x, "mask": batch.mask, "present": batch.present}}
-            )
+        if batch.prepared:
+            raise ConfigError("corruption must run before the model prepares a batch")
+        if batch.corruption is None:
+            zero = {m: torch.zeros(batch.size, device=batch.y.device) for m in batch.modalities}
+            batch = batch.replace(corruption=Corruption(clean=batch, missing_rate=zero))
         return self.apply(batch, seed)
 
     def __repr__(self) -> str:

@@ -21,8 +21,9 @@ spec                   what it does
 ``a+b``                chains protocols (``frames:random+modality:0.3``).
 =====================  =====================================================================
 
-Text-id options follow the level: ``frames:0.3:unk=100:cls=101:sep=102`` (BERT's ids are the
-defaults). The same options are keyword arguments of the classes.
+Text-id options follow the level: ``frames:0.3:unk=100:cls=101:sep=102``. By default the
+unknown token is the dataset's (its tokenizer's) and the special tokens are the first and last
+valid position of each sentence. The same options are keyword arguments of the classes.
 
 Randomness. Every draw is a function of (seed, sample id, modality, step) only, through a
 32-bit integer hash evaluated on int64 tensors (:func:`hash_uniform`): the same sample gets the
@@ -30,13 +31,11 @@ same masks whatever batch it is in, in any process, on any machine, on CPU or GP
 drops a step when its uniform ``u < r``, so for a fixed seed the masks at a larger r contain
 those at a smaller r; ``modality`` is nested across mr the same way.
 
-Besides the contract of :class:`~msakit.corrupt.base.Protocol` (``extra["clean"]``), each
-protocol here records ``extra["missing_rate"][m]``: the realised per-sample fraction of the
-clean valid steps of modality m that are no longer observed (1 when it was dropped whole).
-``frames`` also records the nominal rate it used in ``extra["frames_rate"][m]`` (LNLN's
-completeness target) and, when the batch has token ids, ``extra["text_ids_dropped"]``;
-``noise`` records the std of the noise added so far in ``extra["noise_sigma"]`` (the synthetic
-oracle reads it and stays exact).
+Every protocol fills the batch's typed :class:`~msakit.data.batch.Corruption` record: the clean
+batch, the realised per-sample ``missing_rate[m]`` (the fraction of the clean valid steps of m
+no longer observed; 1 when dropped whole), the token positions written over
+(``text_dropped``) and the std of the noise added so far (``noise_sigma``; the synthetic oracle
+reads it and stays exact).
 
 :class:`Domain` is the hook for domain-shift protocols (MIDG's ``domain(A->B)``): it resolves
 source and target domains against ``batch.domain`` / ``SplitData.domain`` and selects rows; a
@@ -48,13 +47,14 @@ from __future__ import annotations
 import hashlib
 import zlib
 from collections.abc import Sequence
+from dataclasses import fields, replace
 from functools import lru_cache
 
 import numpy as np
 import torch
 
 from msakit.corrupt.base import PROTOCOLS, Protocol
-from msakit.data.batch import MODALITIES, Batch, SplitData, parse_modalities
+from msakit.data.batch import MODALITIES, Batch, Corruption, SplitData, parse_modalities
 from msakit.errors import ConfigError
 
 _M32 = 0xFFFFFFFF
@@ -148,9 +148,13 @@ def _split_options(name: str, level: str, allowed: tuple[str, ...]) -> tuple[str
 class MaskProtocol(Protocol):
     """Shared machinery: apply new observed masks, blank dropped content, record rates.
 
-    ``unk_id`` / ``cls_id`` / ``sep_id`` say how token ids are blanked (BERT defaults)."""
+    Token ids: a dropped token becomes the unknown token (``unk_id``, else the batch's
+    ``text_unk_id``, else BERT's 100). The special tokens are kept: the first and last valid
+    position of each row ([CLS] ... [SEP], <s> ... </s>), or the ids ``cls_id`` / ``sep_id``
+    when given. Text features aligned with the ids (same length) keep those positions too."""
 
-    def __init__(self, level: str, unk_id: int = 100, cls_id: int = 101, sep_id: int = 102) -> None:
+    def __init__(self, level: str, unk_id: int | None = None, cls_id: int | None = None,
+                 sep_id: int | None = None) -> None:
         head, opts = _split_options(self.name, str(level), ("unk", "cls", "sep"))
         self.unk_id = opts.get("unk", unk_id)
         self.cls_id = opts.get("cls", cls_id)
@@ -158,16 +162,30 @@ class MaskProtocol(Protocol):
         super().__init__(str(level))
         self.value = head
 
+    def special_tokens(self, batch: Batch) -> torch.Tensor:
+        """(B, L_t) bool: the positions of ``batch.text_ids`` no protocol drops."""
+        ids, valid = batch.text_ids, batch.text_ids_mask
+        if self.cls_id is not None or self.sep_id is not None:
+            return valid & ((ids == self.cls_id) | (ids == self.sep_id))
+        pos = torch.arange(ids.shape[1], device=ids.device)[None, :]
+        first = valid.long().argmax(1, keepdim=True)
+        last = ids.shape[1] - 1 - valid.flip(1).long().argmax(1, keepdim=True)
+        return valid & ((pos == first) | (pos == last))
+
     def _finish(
         self,
         batch: Batch,
         keep_steps: dict[str, torch.Tensor],
         keep_modality: dict[str, torch.Tensor],
         keep_tokens: torch.Tensor | None = None,
-        extra: dict | None = None,
     ) -> Batch:
         """keep_steps[m]: (B, L_m) bool, steps allowed to stay observed (missing = all kept);
         keep_modality[m]: (B,) bool; keep_tokens: (B, L_t) bool for ``batch.text_ids``."""
+        special = None
+        if batch.text_ids is not None:
+            special = self.special_tokens(batch)
+            if "text" in keep_steps and keep_steps["text"].shape == special.shape:
+                keep_steps = {**keep_steps, "text": keep_steps["text"] | special}
         x, mask, present = dict(batch.x), dict(batch.mask), dict(batch.present)
         for m in batch.modalities:
             mk = batch.observed(m)
@@ -179,30 +197,28 @@ class MaskProtocol(Protocol):
             mask[m] = mk & pres[:, None]
             present[m] = pres
             x[m] = batch.x[m] * mask[m].unsqueeze(-1).to(batch.x[m].dtype)
-        text_ids = batch.text_ids
-        new_extra = {**batch.extra, **(extra or {})}
+        text_ids, dropped = batch.text_ids, batch.corruption.text_dropped
         if text_ids is not None:
             keep = torch.ones_like(text_ids, dtype=torch.bool) if keep_tokens is None else keep_tokens
             if "text" in keep_modality:
                 keep = keep & keep_modality["text"][:, None]
             if "text" in present:  # a text modality now absent keeps no visible token
                 keep = keep & present["text"][:, None]
-            special = (text_ids == self.cls_id) | (text_ids == self.sep_id)
-            valid = batch.text_ids_mask if batch.text_ids_mask is not None else text_ids.ne(0)
-            dropped = valid & ~special & ~keep
-            text_ids = torch.where(dropped, torch.full_like(text_ids, self.unk_id), text_ids)
-            prev = batch.extra.get("text_ids_dropped")
-            new_extra["text_ids_dropped"] = dropped if prev is None else prev | dropped
-        new_extra["missing_rate"] = realised_missing_rate(batch.replace(mask=mask, present=present, extra=new_extra))
-        return batch.replace(x=x, mask=mask, present=present, text_ids=text_ids, extra=new_extra)
+            new = batch.text_ids_mask & ~special & ~keep
+            unk = next(u for u in (self.unk_id, batch.text_unk_id, 100) if u is not None)
+            text_ids = torch.where(new, torch.full_like(text_ids, unk), text_ids)
+            dropped = new if dropped is None else dropped | new
+        out = batch.replace(x=x, mask=mask, present=present, text_ids=text_ids)
+        return out.replace(corruption=replace(
+            batch.corruption, text_dropped=dropped, missing_rate=realised_missing_rate(out)))
 
 
 def realised_missing_rate(batch: Batch) -> dict[str, torch.Tensor]:
     """Per modality, (B,) fraction of the clean valid steps no longer observed (0 if none)."""
-    clean = batch.extra.get("clean", {"mask": batch.mask, "present": batch.present})
+    clean = batch.clean
     out = {}
     for m in batch.modalities:
-        c = (clean["mask"][m] & clean["present"][m][:, None]).sum(1)
+        c = clean.observed(m).sum(1)
         o = batch.observed(m).sum(1)
         out[m] = torch.where(c > 0, 1.0 - o.float() / c.clamp_min(1).float(), torch.zeros_like(o, dtype=torch.float32))
     return out
@@ -246,8 +262,7 @@ class Frames(MaskProtocol):
             r_t = rates["text"] if "text" in rates else self.rates(batch, seed, "text")
             keys = sample_keys(seed, batch.ids, _FRAMES, "text", dev)
             keep_tok = hash_uniform(keys, batch.text_ids.shape[1]) >= r_t[:, None]
-        extra = {"frames_rate": {m: r.float() for m, r in rates.items()}}
-        return self._finish(batch, keep, {}, keep_tok, extra)
+        return self._finish(batch, keep, {}, keep_tok)
 
 
 @PROTOCOLS.register("modality")
@@ -343,11 +358,9 @@ class Noise(MaskProtocol):
             obs = batch.observed(m).unsqueeze(-1)
             x[m] = batch.x[m] + (self.sigma * z).to(batch.x[m].dtype) * obs.to(batch.x[m].dtype)
         out = batch.replace(x=x)
-        prev = batch.extra.get("noise_sigma")  # noise stacks: variances add
-        prev = float(prev) if prev is not None and not isinstance(prev, dict) else 0.0
-        total = float(np.hypot(prev, self.sigma))
-        return out.replace(extra={**out.extra, "noise_sigma": total,
-                                  "missing_rate": realised_missing_rate(out)})
+        total = float(np.hypot(batch.corruption.noise_sigma, self.sigma))  # variances add
+        return out.replace(corruption=replace(
+            batch.corruption, noise_sigma=total, missing_rate=realised_missing_rate(out)))
 
 
 # --------------------------------------------------------------------------- domain hook
@@ -361,15 +374,13 @@ def take_rows(batch: Batch, keep: torch.Tensor) -> Batch:
             return v[idx]
         if isinstance(v, dict):
             return {k: pick(t) for k, t in v.items()}
+        if isinstance(v, list) and len(v) == n:
+            return [v[i] for i in idx.tolist()]
+        if isinstance(v, (Batch, Corruption)):
+            return replace(v, **{f.name: pick(getattr(v, f.name)) for f in fields(v)})
         return v
 
-    lst = idx.tolist()
-    return batch.replace(
-        x=pick(batch.x), mask=pick(batch.mask), present=pick(batch.present), y=batch.y[idx],
-        ids=[batch.ids[i] for i in lst], index=pick(batch.index), y_m=pick(batch.y_m),
-        text_ids=pick(batch.text_ids), text_ids_mask=pick(batch.text_ids_mask),
-        domain=pick(batch.domain), extra=pick(batch.extra),
-    )
+    return pick(batch)
 
 
 class Domain(Protocol):

@@ -7,7 +7,7 @@ Models learn what is missing from ``mask`` and ``present``, never from zeros.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, fields, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -30,7 +30,9 @@ class SplitData:
     present[m]: (N,) bool, whether modality m exists for the sample at all.
     y: (N,) float32 sentiment label. ids: N sample ids.
     y_m: optional per-modality labels (SIMS ``regression_labels_T/A/V``), each (N,).
-    text_ids: optional (N, L_t) int64 token ids with text_ids_mask (N, L_t) bool.
+    text_ids: optional (N, L_t) int64 token ids with text_ids_mask (N, L_t) bool; text_unk_id:
+    the unknown token of their tokenizer (what the missing-data protocols write over a dropped
+    token). raw_text: optional N transcripts (a trainable text encoder tokenises them).
     domain: optional (N,) int64 domain index (MIDG).
     """
 
@@ -44,6 +46,7 @@ class SplitData:
     text_ids_mask: np.ndarray | None = None
     domain: np.ndarray | None = None
     raw_text: list[str] | None = None
+    text_unk_id: int | None = None
 
     def __post_init__(self) -> None:
         try:
@@ -94,10 +97,12 @@ class SplitData:
                 if v.shape != (n,):
                     raise DataError(
                         f"SplitData: {name}[{m!r}] must have N={n} entries, got {v.shape}")
-        for name in ("text_ids", "text_ids_mask", "domain"):
+        for name in ("text_ids", "text_ids_mask", "domain", "raw_text"):
             v = getattr(self, name)
             if v is not None and len(v) != n:
                 raise DataError(f"SplitData: {name} must have N={n} rows, got {len(v)}")
+        if (self.text_ids is None) != (self.text_ids_mask is None):
+            raise DataError("SplitData: text_ids and text_ids_mask come together")
 
     def __repr__(self) -> str:
         mods = ", ".join(f"{m} {a.shape[1]}x{a.shape[2]}" for m, a in self.x.items())
@@ -135,6 +140,7 @@ class SplitData:
             text_ids_mask=take(self.text_ids_mask),
             domain=take(self.domain),
             raw_text=None if self.raw_text is None else [self.raw_text[i] for i in idx],
+            text_unk_id=self.text_unk_id,
         )
 
 
@@ -144,7 +150,9 @@ class Batch:
 
     x[m]: (B, L_m, D_m) float; mask[m]: (B, L_m) bool, True where a step is observed;
     present[m]: (B,) bool; y: (B,); ids: list of B strings; index: (B,) row indices in the split.
-    A modality that is not present has an all-False mask row.
+    A modality that is not present has an all-False mask row. text_ids / text_ids_mask:
+    (B, L_t) token ids (see :class:`SplitData`). corruption: what the missing-data protocols
+    did (None for data as read); prepared: the model has already encoded and normalised it.
     """
 
     x: dict[str, torch.Tensor]
@@ -157,7 +165,9 @@ class Batch:
     text_ids: torch.Tensor | None = None
     text_ids_mask: torch.Tensor | None = None
     domain: torch.Tensor | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    text_unk_id: int | None = None
+    corruption: Corruption | None = None
+    prepared: bool = False
 
     @property
     def size(self) -> int:
@@ -178,13 +188,37 @@ class Batch:
                 return v.to(device)
             if isinstance(v, dict):
                 return {k: mv(t) for k, t in v.items()}
+            if isinstance(v, (Batch, Corruption)):
+                return type(v)(**{f.name: mv(getattr(v, f.name)) for f in fields(v)})
             return v
 
-        return Batch(**{f.name: mv(getattr(self, f.name)) for f in fields(self)})
+        return mv(self)
+
+    @property
+    def clean(self) -> Batch:
+        """The batch before any corruption (itself when none was applied). Only a model's
+        ``loss`` may read it: evaluation must never see clean data."""
+        return self.corruption.clean if self.corruption is not None else self
 
     def observed(self, m: str) -> torch.Tensor:
         """(B, L_m) bool: steps that are observed and belong to a present modality."""
         return self.mask[m] & self.present[m][:, None]
+
+
+@dataclass
+class Corruption:
+    """What the missing-data and noise protocols did to a batch (set by :mod:`msakit.corrupt`).
+
+    clean: the batch before the first protocol (x, mask, present, text ids). missing_rate[m]:
+    (B,) realised fraction of the clean valid steps of m no longer observed (1 when dropped
+    whole). text_dropped: (B, L_t) bool, token positions written over with the unknown token
+    (None without token ids). noise_sigma: std of the Gaussian noise added so far (0 if none).
+    """
+
+    clean: Batch
+    missing_rate: dict[str, torch.Tensor]
+    text_dropped: torch.Tensor | None = None
+    noise_sigma: float = 0.0
 
 
 def collate(split: SplitData, idx: np.ndarray | list[int], trim: bool = True) -> Batch:
@@ -208,8 +242,11 @@ def collate(split: SplitData, idx: np.ndarray | list[int], trim: bool = True) ->
         present[m] = pres
     text_ids = text_ids_mask = None
     if split.text_ids is not None:
-        text_ids = torch.from_numpy(split.text_ids[idx]).long()
-        text_ids_mask = torch.from_numpy(split.text_ids_mask[idx]).bool()
+        tm = split.text_ids_mask[idx]
+        cols = np.flatnonzero(tm.any(0))
+        L = int(cols[-1]) + 1 if trim and len(cols) else tm.shape[1]
+        text_ids = torch.from_numpy(split.text_ids[idx, :L]).long()
+        text_ids_mask = torch.from_numpy(tm[:, :L]).bool()
     return Batch(
         x=x,
         mask=mask,
@@ -221,6 +258,7 @@ def collate(split: SplitData, idx: np.ndarray | list[int], trim: bool = True) ->
         text_ids=text_ids,
         text_ids_mask=text_ids_mask,
         domain=None if split.domain is None else torch.from_numpy(split.domain[idx]).long(),
+        text_unk_id=split.text_unk_id,
     )
 
 

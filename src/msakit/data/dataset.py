@@ -157,7 +157,7 @@ class MSADataset:
 
     def content_hash(self) -> str:
         """SHA-256 hex of every split's ids, labels, lengths, present flags, features (and
-        text ids, per-modality labels, domains) and the label scale/range/classes; cached."""
+        text ids, transcripts, per-modality labels, domains) and the label scale/range/classes; cached."""
         cached = self.__dict__.get("_content_hash")
         if cached is not None:
             return cached
@@ -180,6 +180,8 @@ class MSADataset:
             for name in ("text_ids", "text_ids_mask", "domain"):
                 if getattr(sd, name) is not None:
                     put(name, getattr(sd, name))
+            if sd.raw_text is not None:  # what a text encoder reads
+                h.update(b"raw_text|" + json.dumps(sd.raw_text).encode())
         self.__dict__["_content_hash"] = h.hexdigest()
         return self.__dict__["_content_hash"]
 

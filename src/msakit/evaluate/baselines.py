@@ -23,7 +23,7 @@ from sklearn.linear_model import Ridge
 from msakit.corrupt import parse_protocol
 from msakit.data.batch import SplitData, collate
 from msakit.data.dataset import MSADataset
-from msakit.evaluate.metrics import dataset_metrics
+from msakit.metrics import dataset_metrics
 from msakit.models.layers import masked_mean
 
 ALPHAS = (0.01, 0.1, 1.0, 10.0, 100.0, 1e3, 1e4)

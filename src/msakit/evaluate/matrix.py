@@ -39,7 +39,8 @@ from msakit.evaluate.robustness import (
 )
 from msakit.evaluate.tables import markdown, pm
 from msakit.fileio import check_out_dir, read_json, write_json, write_text
-from msakit.train.api import train
+from msakit.models.base import parse_sets
+from msakit.train.api import DEFAULT_SEEDS, train
 from msakit.train.engine import TrainConfig
 
 CLEAN = ("none", "clean", "")
@@ -55,24 +56,6 @@ def corrupt_tag(spec: str | None) -> str:
 
 def corrupt_label(spec: str | None) -> str:
     return "clean" if spec is None or spec in CLEAN else spec
-
-
-def parse_overrides(sets: Sequence[str] | dict | None, models: Sequence[str]) -> dict[str, dict]:
-    """``["d=16", "mult.layers=2"]`` -> per-model overrides; ``key=value`` applies to every
-    model, ``model.key=value`` to one."""
-    if isinstance(sets, dict):
-        return {m: dict(sets.get(m, {})) for m in models}
-    out: dict[str, dict] = {m: {} for m in models}
-    for s in sets or []:
-        k, sep, v = s.partition("=")
-        if not sep or not k:
-            raise ConfigError(f"--set {s!r}: expected key=value or model.key=value")
-        model, dot, key = k.strip().rpartition(".")
-        if dot and model not in out:
-            raise ConfigError(f"--set {s!r}: model {model!r} is not in --models {list(models)}")
-        for m in ([model] if dot else models):
-            out[m][key] = v.strip()
-    return out
 
 
 def _cached(out: Path, fp: str, levels: list[str], protocol_seed: int, split: str) -> dict | None:
@@ -91,7 +74,7 @@ def run_matrix(
     out: str | os.PathLike,
     protocols: Sequence[str] = ("frames", "modality", "subset"),
     train_corrupt: Sequence[str | None] = ("none",),
-    seeds: Sequence[int] = (1111, 1112, 1113),
+    seeds: Sequence[int] = DEFAULT_SEEDS,
     epochs: int | None = None,
     levels: dict[str, str | Sequence[str]] | None = None,
     overrides: Sequence[str] | dict | None = None,
@@ -115,7 +98,7 @@ def run_matrix(
         raise ConfigError(f"--split {split!r}: dataset {ds.name!r} has {list(ds.splits)}")
     TrainConfig(accelerator=accelerator, epochs=epochs or TrainConfig.epochs)  # fail before training
     lv = {p: parse_levels((levels or {}).get(p), p, ds.modalities) for p in protocols}
-    per_model = parse_overrides(overrides, models)
+    per_model = parse_sets(overrides, models)
     corrupts = [corrupt_label(c) for c in train_corrupt]
     tags = [corrupt_tag(c) for c in corrupts]
     if len(set(tags)) < len(tags):

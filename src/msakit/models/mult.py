@@ -11,12 +11,14 @@ Blocks, in forward order (M modalities, all projected to width d):
    convolution is padded to keep the length (the reference uses no padding and loses 4 steps),
    so step t of the output stays aligned with the mask of step t. Text gets input dropout.
 2. Crossmodal transformers, one per ordered pair (target m <- source s; 6 for three
-   modalities): m's steps query s's steps through ``layers`` pre-norm blocks
-   (``layers.attention.CrossmodalTransformer``), sinusoidal positions, key padding masks from
+   modalities): both sequences are scaled by sqrt(d), given sinusoidal positions and embedding
+   dropout; m's steps query s's steps through ``layers`` pre-norm blocks (the shared
+   ``layers.attention.AttentionEncoder``; query and source share each block's first LayerNorm,
+   feed-forward d-4d-d with ReLU, a final LayerNorm), key padding masks from
    ``batch.observed``. A sample whose source s has no observed step gets a learned attention
    output in every block, so m's own content still flows through the residual path.
 3. Memory transformers, one per target: self-attention over the concatenation of m's
-   crossmodal outputs (width (M-1)*d), ``mem_layers`` blocks.
+   crossmodal outputs (width (M-1)*d, embedded the same way), ``mem_layers`` blocks.
 4. Pooling over m's observed steps only (mean, or the last observed step with ``pool="last"``);
    a sample with nothing observed in m gets a learned missing state instead, so absent
    modalities never produce NaNs and never depend on masked content.
@@ -47,10 +49,15 @@ Same-length convolution padding, the learned missing / null states, mean pooling
 norm clipping at 1.0 (MMSA clips gradient values at 0.6; the engine clips norms) are ours.
 The parameter count equals MMSA's MulT plus the null states (M*(M-1)*layers*d) and missing
 states (M*(M-1)*d): 1,500 more than MMSA's 2.57M at the defaults.
+
+Text path of the reported numbers: precomputed text features (``text_encoder=features``,
+the default) everywhere in BENCHMARKS.md; ``--set text_encoder=NAME`` fine-tunes a pretrained
+encoder on the transcripts instead (models/layers/text.py).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from itertools import permutations
 from typing import ClassVar
@@ -62,8 +69,8 @@ from torch import nn
 from msakit.data.batch import Batch
 from msakit.errors import ConfigError
 from msakit.models.base import ModelConfig, MSAModel, Output, register_model
-from msakit.models.layers import masked_mean
-from msakit.models.layers.attention import DROPOUT_MODES, CrossmodalTransformer
+from msakit.models.layers import PositionalEncoding, masked_mean
+from msakit.models.layers.attention import DROPOUT_MODES, AttentionEncoder
 
 POOLS = ("mean", "last")
 
@@ -146,17 +153,18 @@ class MulT(MSAModel):
         key_drop = {"text": c.attn_dropout, "audio": c.attn_dropout_audio}
         key_drop["vision"] = c.attn_dropout_vision
         common = dict(
-            relu_dropout=c.relu_dropout,
-            res_dropout=c.res_dropout,
-            embed_dropout=c.embed_dropout,
+            zero_masked=False,  # masked steps are zeroed before the convolutions
             dropout_mode=c.attn_dropout_mode,
-            positions=c.positions,
+            ff_dropout=c.relu_dropout,
+            res_dropout=c.res_dropout,
+            init="xavier",
         )
         self.pairs = list(permutations(self.mods, 2))  # (target, source)
         self.cross = nn.ModuleDict(
             {
-                f"{t}<-{s}": CrossmodalTransformer(
-                    c.d, c.heads, c.layers, key_drop.get(s, c.attn_dropout), null=True, **common
+                f"{t}<-{s}": AttentionEncoder(
+                    c.d, c.heads, c.layers, attn_dropout=key_drop.get(s, c.attn_dropout),
+                    null=True, **common,
                 )
                 for t, s in self.pairs
             }
@@ -164,14 +172,23 @@ class MulT(MSAModel):
         dm = (len(self.mods) - 1) * c.d
         self.mem = nn.ModuleDict(
             {
-                m: CrossmodalTransformer(dm, c.heads, c.mem_layers, c.attn_dropout, **common)
+                m: AttentionEncoder(dm, c.heads, c.mem_layers, attn_dropout=c.attn_dropout, **common)
                 for m in self.mods
             }
         )
+        self.pos = nn.ModuleList(PositionalEncoding(w) for w in (c.d, dm)) if c.positions else None
         self.missing = nn.ParameterDict({m: nn.Parameter(torch.zeros(dm)) for m in self.mods})
         dc = len(self.mods) * dm
         self.proj1, self.proj2 = nn.Linear(dc, dc), nn.Linear(dc, dc)
         self.out = nn.Linear(dc, self.out_dim)
+
+    def _embed(self, x: torch.Tensor, which: int = 0) -> torch.Tensor:
+        """Transformer input: x * sqrt(width), sinusoidal positions (``which``: 0 crossmodal
+        width d, 1 memory width), embedding dropout; drawn anew for every transformer."""
+        x = x * math.sqrt(x.shape[-1])
+        if self.pos is not None:
+            x = self.pos[which](x)
+        return F.dropout(x, self.config.embed_dropout, self.training)
 
     def forward(self, batch: Batch) -> Output:
         c = self.config
@@ -187,13 +204,13 @@ class MulT(MSAModel):
         for m in self.mods:
             z = torch.cat(
                 [
-                    self.cross[f"{m}<-{s}"](h[m], obs[m], h[s], obs[s])
+                    self.cross[f"{m}<-{s}"](self._embed(h[m]), obs[s], self._embed(h[s]))
                     for t, s in self.pairs
                     if t == m
                 ],
                 dim=-1,
             )  # (B, L_m, (M-1)*d)
-            z = self.mem[m](z, obs[m])
+            z = self.mem[m](self._embed(z, 1), obs[m])
             pooled = masked_mean(z, obs[m]) if c.pool == "mean" else last_observed(z, obs[m])
             has = obs[m].any(1, keepdim=True)
             feats.append(torch.where(has, pooled, self.missing[m].expand_as(pooled)))

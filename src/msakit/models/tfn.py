@@ -43,6 +43,10 @@ Ours (masks and missing data):
   (MMSA hard-codes (-3, 3) for every dataset, SIMS's [-1, 1] included); ``bounded=false``
   gives an unbounded linear output. MMSA stores the bound as two frozen parameters; ours are
   buffers, so our parameter count is MMSA's - 2 + 192.
+
+Text path of the reported numbers: precomputed text features (``text_encoder=features``,
+the default) everywhere in BENCHMARKS.md; ``--set text_encoder=NAME`` fine-tunes a pretrained
+encoder on the transcripts instead (models/layers/text.py).
 """
 
 from __future__ import annotations

@@ -39,8 +39,8 @@ from msakit.corrupt import Protocol, parse_protocol
 from msakit.data.batch import Batch, SplitData, collate
 from msakit.data.dataset import SPLITS, MSADataset
 from msakit.errors import ConfigError, MissingDataError, MsakitError, RunError
-from msakit.evaluate.metrics import dataset_metrics
 from msakit.fileio import atomic_path, check_out_dir, read_json, write_json
+from msakit.metrics import dataset_metrics
 from msakit.models.base import MSAModel, create_model, make_config
 
 log = logging.getLogger("msakit")
@@ -81,7 +81,7 @@ class TrainConfig:
             raise ConfigError(
                 f"--accelerator {self.accelerator!r}: expected one of {', '.join(ACCELERATORS)}"
             )
-        from msakit.evaluate.metrics import CLASSIFICATION_METRICS, metric_names
+        from msakit.metrics import CLASSIFICATION_METRICS, metric_names
 
         known = {"auto", *CLASSIFICATION_METRICS} | {
             m for scale in ("mosi", "sims", "range") for m in metric_names(scale)
@@ -114,18 +114,38 @@ def save_state(model: torch.nn.Module, path: Path) -> None:
 class _IndexSampler(Sampler):
     """Yields batches of row indices; a shuffled order is a function of (seed, epoch) only,
     the epoch read from ``epoch_fn`` (the trainer's) when an epoch's iteration starts, so a
-    resumed run replays the same order (Lightning's set_epoch never reaches a batch_sampler)."""
+    resumed run replays the same order (Lightning's set_epoch never reaches a batch_sampler).
 
-    def __init__(self, n: int, batch_size: int, shuffle: bool, seed: int, epoch_fn=None) -> None:
+    With ``lengths`` (shuffled loaders of a model that encodes token ids), rows are grouped by
+    length inside windows of 50 batches of the shuffled order and the batches are shuffled
+    again: batches hold similar lengths, so short sentences don't pay for long ones' padding.
+    """
+
+    WINDOW = 50
+
+    def __init__(self, n: int, batch_size: int, shuffle: bool, seed: int, epoch_fn=None,
+                 lengths: np.ndarray | None = None) -> None:
         self.n, self.bs, self.shuffle, self.seed = n, batch_size, shuffle, seed
         self.epoch_fn = epoch_fn or (lambda: 0)
+        self.lengths = lengths
 
     def __iter__(self):
         order = np.arange(self.n)
-        if self.shuffle:
-            order = np.random.default_rng([self.seed, self.epoch_fn()]).permutation(self.n)
-        for i in range(0, self.n, self.bs):
-            yield order[i : i + self.bs].tolist()
+        if not self.shuffle:
+            batches = [order[i : i + self.bs] for i in range(0, self.n, self.bs)]
+        else:
+            rng = np.random.default_rng([self.seed, self.epoch_fn()])
+            order = rng.permutation(self.n)
+            if self.lengths is not None:
+                w = self.WINDOW * self.bs
+                order = np.concatenate([
+                    c[np.argsort(self.lengths[c], kind="stable")]
+                    for c in np.split(order, range(w, self.n, w))])
+            batches = [order[i : i + self.bs] for i in range(0, self.n, self.bs)]
+            if self.lengths is not None:
+                batches = [batches[i] for i in rng.permutation(len(batches))]
+        for b in batches:
+            yield b.tolist()
 
     def __len__(self) -> int:
         return (self.n + self.bs - 1) // self.bs
@@ -143,10 +163,13 @@ class _Rows(torch.utils.data.Dataset):
 
 
 def loader(
-    split: SplitData, batch_size: int, shuffle: bool = False, seed: int = 0, epoch_fn=None
+    split: SplitData, batch_size: int, shuffle: bool = False, seed: int = 0, epoch_fn=None,
+    bucket: bool = False,
 ) -> DataLoader:
-    """A DataLoader of :class:`Batch` over a split; evaluation loaders never shuffle."""
-    sampler = _IndexSampler(len(split), batch_size, shuffle, seed, epoch_fn)
+    """A DataLoader of :class:`Batch` over a split; evaluation loaders never shuffle. With
+    ``bucket``, training batches group token sequences of similar length (see _IndexSampler)."""
+    lengths = split.text_ids_mask.sum(1) if bucket and split.text_ids is not None else None
+    sampler = _IndexSampler(len(split), batch_size, shuffle, seed, epoch_fn, lengths)
     return DataLoader(
         _Rows(len(split)),
         batch_sampler=sampler,
@@ -202,7 +225,7 @@ class LitMSA(L.LightningModule):
             self._reseed()
         if self.corrupt is not None:
             batch = self.corrupt(batch, seed=self.seed * 100_003 + self.current_epoch)
-        batch = self.model.normalize_batch(batch)  # forward and loss see the same scales
+        batch = self.model.prepare_batch(batch)  # forward and loss see the same inputs
         out = self.model(batch)
         losses = self.model.loss(out, batch)
         for k, v in losses.items():
@@ -229,7 +252,7 @@ class LitMSA(L.LightningModule):
 
     def configure_optimizers(self):
         cfg = self.model.config
-        opt = torch.optim.AdamW(self.model.param_groups(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        opt = torch.optim.AdamW(self.model.optimizer_groups(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         if cfg.lr_schedule == "constant" and cfg.warmup_frac == 0:
             return opt
         total = max(1, int(self.trainer.estimated_stepping_batches))
@@ -269,6 +292,11 @@ def resolved_config(
     mcfg = make_config(model_name, **overrides)
     train = dataclasses.asdict(tcfg)
     train["corrupt"] = effective_corrupt(tcfg, mcfg)
+    try:
+        parse_protocol(train["corrupt"])
+    except (ValueError, KeyError) as e:
+        raise ConfigError(f"model {model_name!r}: default_corrupt={mcfg.default_corrupt!r}: "
+                          f"{e}") from None
     train["select"] = "/".join(select_metric(tcfg, dataset.task))
     classes = dataset.classes
     return {
@@ -345,6 +373,7 @@ def predict(
         model.to(device)
     dev = next(model.parameters()).device
     preds, ys, orc = [], [], []
+    split = model.prepare_split(split)
     for i in range(0, len(split), batch_size):
         b = collate(split, np.arange(i, min(i + batch_size, len(split))))
         if protocol is not None:
@@ -533,9 +562,9 @@ def _fit(model_name, dataset, seed, run_dir, tcfg, overrides, cfg, verbose) -> R
     lit = LitMSA(model, tcfg, seed, dataset)
     lit.engine = EngineContext(dataset, model.config.batch_size, seed)
     bs = model.config.batch_size
-    train_dl = loader(dataset.splits["train"], bs, shuffle=True, seed=seed,
-                      epoch_fn=lambda: lit.current_epoch)
-    val_dl = loader(dataset.splits["valid"], tcfg.eval_batch_size)
+    train_dl = loader(model.prepare_split(dataset.splits["train"]), bs, shuffle=True, seed=seed,
+                      epoch_fn=lambda: lit.current_epoch, bucket=model.text_encoder is not None)
+    val_dl = loader(model.prepare_split(dataset.splits["valid"]), tcfg.eval_batch_size)
 
     ckpt_dir = run_dir / "ckpt"
     select = f"val/{lit.select}"
@@ -679,5 +708,7 @@ class EngineContext:
     batch_size: int
     seed: int
 
-    def train_batches(self):
-        return loader(self.dataset.splits["train"], self.batch_size)
+    def train_batches(self, model: MSAModel | None = None):
+        """Unshuffled batches of the training split, as ``model`` reads it when given."""
+        split = self.dataset.splits["train"]
+        return loader(split if model is None else model.prepare_split(split), self.batch_size)

@@ -172,6 +172,7 @@ def load_label_csv(
             text_ids=ids[r],
             text_ids_mask=mask[r],
             raw_text=sub["text"].tolist(),
+            text_unk_id=enc.unk_id,
         )
     return MSADataset(
         name=name,

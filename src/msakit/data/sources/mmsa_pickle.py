@@ -63,6 +63,7 @@ class UnsafePickleError(DataError, pickle.UnpicklingError):
     hold; nothing from it was called or allocated."""
 
 
+BERT_UNK_ID = 100  # MMSA's text_bert holds bert-base-uncased ids
 _ARRAY_KINDS = "biufcUSO"  # object arrays only of strings (MMSA's ids, raw_text); no structs
 
 
@@ -293,6 +294,7 @@ def _split_data(d: dict, split: str, src: str, counts: dict[str, int]) -> SplitD
         return SplitData(
             x=x, lengths=lengths, y=y, ids=ids, y_m=y_m or None,
             text_ids=text_ids, text_ids_mask=text_mask, raw_text=raw,
+            text_unk_id=None if text_ids is None else BERT_UNK_ID,
         )
     except DataError as e:
         raise DataError(f"{where}: {str(e).removeprefix('SplitData: ')}") from None

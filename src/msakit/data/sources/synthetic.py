@@ -54,7 +54,7 @@ A corruption that adds Gaussian noise makes it mis-specified (it over-trusts the
 it is told the noise: for i.i.d. N(0, tau^2) noise per feature added to observed steps, sigma^2
 becomes sigma^2 + tau^2 above and it is exact again. Pass ``noise_sigma=tau`` (a float, or a
 dict per modality) to the call or to :meth:`SyntheticOracle.with_noise`; a protocol may also
-record it in ``batch.extra["noise_sigma"]``. Other content corruption is not modelled.
+record it in ``batch.corruption.noise_sigma``. Other content corruption is not modelled.
 """
 
 from __future__ import annotations
@@ -246,7 +246,7 @@ class SyntheticOracle:
     ``oracle(batch) -> (B,)`` label-posterior medians; :meth:`posterior` gives the (B, Y) pmf
     of the label on :attr:`grid`, :meth:`latent_posterior` the (B, S) pmf of s on
     :attr:`latent_grid`. ``noise_sigma``: std of i.i.d. Gaussian noise known to be added to
-    observed steps (float or ``{modality: float}``); ``batch.extra["noise_sigma"]``, when set,
+    observed steps (float or ``{modality: float}``); ``batch.corruption.noise_sigma``, when not 0,
     takes precedence over the constructor's value; an explicit call argument over both.
     """
 
@@ -274,7 +274,8 @@ class SyntheticOracle:
         """(B, S) log prod_t r_t(s) on the latent grid over the observed steps (the
         log-likelihood ratio against pure noise; 0 for a sample with nothing observed)."""
         if noise_sigma is None:
-            noise_sigma = batch.extra.get("noise_sigma", self.noise_sigma)
+            rec = batch.corruption.noise_sigma if batch.corruption is not None else 0.0
+            noise_sigma = rec if rec else self.noise_sigma
         B = batch.size
         out = np.zeros((B, len(self.latent_grid)))
         for m, law in self.params.modalities.items():

@@ -1,11 +1,14 @@
-"""Shared building blocks: masked pooling, masked transformer encoders, positional encodings."""
+"""Shared building blocks: masked pooling, the masked attention block and encoder, positions."""
 
-from msakit.models.layers.common import (
-    MaskedTransformer,
-    PositionalEncoding,
-    masked_mean,
-    mlp,
-    window_mean,
-)
+from msakit.models.layers.attention import AttentionBlock, AttentionEncoder, MaskedAttention
+from msakit.models.layers.common import PositionalEncoding, masked_mean, mlp, window_mean
 
-__all__ = ["MaskedTransformer", "PositionalEncoding", "masked_mean", "mlp", "window_mean"]
+__all__ = [
+    "AttentionBlock",
+    "AttentionEncoder",
+    "MaskedAttention",
+    "PositionalEncoding",
+    "masked_mean",
+    "mlp",
+    "window_mean",
+]

@@ -1,5 +1,6 @@
-"""Blocks every model shares. All take boolean masks (True = observed) and never read content
-under a False mask: rows with no observed step get a learned "missing" state instead."""
+"""Helpers every model shares: masked pooling, windowing, MLPs, positions. Masks are boolean
+(True = observed) and content under a False mask is never read. Attention is in
+:mod:`msakit.models.layers.attention`."""
 
 from __future__ import annotations
 
@@ -67,40 +68,3 @@ class PositionalEncoding(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.pe[: x.shape[1]].unsqueeze(0)
 
-
-def safe_padding(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """For attention: (key_padding_mask with True = ignore, empty (B,) rows with nothing observed).
-
-    Empty rows get their first key un-ignored so softmax stays finite; callers must overwrite
-    those rows' outputs (their content is not trusted)."""
-    empty = ~mask.any(1)
-    kpm = ~mask
-    if empty.any():
-        kpm = kpm.clone()
-        kpm[empty, 0] = False
-    return kpm, empty
-
-
-class MaskedTransformer(nn.Module):
-    """Pre-norm transformer encoder over (B, L, D) with a padding mask.
-
-    Masked steps never influence observed ones; rows with no observed step return the learned
-    ``missing`` vector at every position.
-    """
-
-    def __init__(
-        self, d: int, layers: int = 2, heads: int = 4, ff: int | None = None, dropout: float = 0.1
-    ) -> None:
-        super().__init__()
-        layer = nn.TransformerEncoderLayer(
-            d, heads, ff or 4 * d, dropout, batch_first=True, norm_first=True
-        )
-        self.enc = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
-        self.norm = nn.LayerNorm(d)
-        self.missing = nn.Parameter(torch.zeros(d))
-
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        kpm, empty = safe_padding(mask)
-        x = x.masked_fill(~mask.unsqueeze(-1), 0.0)
-        h = self.norm(self.enc(x, src_key_padding_mask=kpm))
-        return torch.where(empty[:, None, None], self.missing.expand_as(h), h)
