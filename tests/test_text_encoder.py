@@ -202,3 +202,22 @@ def test_length_bucketed_batches_are_a_pure_function_of_seed_and_epoch():
     plain = list(_IndexSampler(1000, 32, True, seed=5))
     spread = np.mean([np.ptp(lengths[b]) for b in a])
     assert spread < 0.25 * np.mean([np.ptp(lengths[b]) for b in plain])  # padding saved
+
+
+def test_any_local_encoder_folder_loads_the_way_users_load_theirs(tmp_path):
+    """A user's own encoder (here a small random BERT saved with save_pretrained beside the
+    packaged tokenizer; bert-base-uncased from the hub is the same code path with a name)."""
+    from test_model_contract import TINY
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from msakit.features.text import packaged_minilm_path
+
+    folder = tmp_path / "my-bert"
+    BertModel(BertConfig(vocab_size=30522, hidden_size=48, num_hidden_layers=1,
+                         num_attention_heads=4, intermediate_size=96)).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(packaged_minilm_path()).save_pretrained(folder)
+    model = create_model("mult", {"text": 7, "audio": 3}, text_encoder=str(folder),
+                         **TINY.get("mult", {}))
+    assert model.dims["text"] == 48 and model.text_encoder.encoder.config.num_hidden_layers == 1
+    b = collate(model.prepare_split(text_split()), np.arange(len(SENTS)))
+    assert torch.isfinite(model(b).pred).all()
