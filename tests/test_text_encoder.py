@@ -137,6 +137,11 @@ def test_no_transcripts_is_one_clear_error(tmp_path, capsys):
     err = capsys.readouterr().err
     assert e.value.code == 2 and "Traceback" not in err
     assert err.startswith("error:") and "text_encoder" in err and "raw_text" in err
+    with pytest.raises(SystemExit) as e:
+        cli_main(["train", "--model", "late_fusion", "--dataset", "synthetic-tiny", "--out",
+                  str(tmp_path / "r2"), "--patience", "-1"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith("error:") and "patience" in err
     with pytest.raises(ConfigError, match="text_encoder=.*cannot load"):
         create_model("late_fusion", {"text": 7}, text_encoder=str(tmp_path))
 
@@ -157,11 +162,12 @@ def test_train_eval_and_sweep_with_a_finetuned_encoder(tmp_path, capsys, monkeyp
     for out, extra in ((run, ["--set", f"text_encoder={ENC}", "--set", "text_lr=1e-4"]), (feats, [])):
         with pytest.raises(SystemExit) as e:
             cli_main(["train", "--model", "late_fusion", "--dataset", str(data), "--out",
-                      str(out), "--seeds", "1", "--epochs", "2", "--corrupt", "frames:0.2",
-                      *extra])
+                      str(out), "--seeds", "1", "--epochs", "2", "--patience", "1",
+                      "--corrupt", "frames:0.2", *extra])
         assert e.value.code in (0, None)
     cfg = json.loads((run / "seed_1" / "config.json").read_text())
     assert cfg["model_config"]["text_encoder"] == ENC and cfg["model_config"]["text_lr"] == 1e-4
+    assert cfg["train"]["patience"] == 1 and cfg["train"]["epochs"] == 2
     # the encoder was fine-tuned: its saved weights differ from the pretrained ones
     model, _ = load_run_model(run / "seed_1")
     fresh = create_model("late_fusion", cfg["dims"], text_encoder=ENC)

@@ -64,6 +64,8 @@ def train(
     seeds: Annotated[list[int] | None, typer.Option(
         help="one run per seed (default: 1111 1112 1113)")] = None,
     epochs: Annotated[int | None, typer.Option(help="maximum epochs")] = None,
+    patience: Annotated[int | None, typer.Option(
+        help="early stopping: epochs without a better validation score (default 8)")] = None,
     corrupt: Annotated[str | None, typer.Option(help="training corruption, e.g. frames:random")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="model config key=value")] = None,
     progress: Annotated[bool, typer.Option(help="Lightning's per-step progress bar")] = False,
@@ -79,8 +81,8 @@ def train(
 
     overrides = parse_sets(set_, [model])[model]
     make_config(model, **overrides)  # bad options fail before any data is read
-    if epochs is not None:
-        TrainConfig(epochs=epochs)
+    tcfg = TrainConfig(**{k: v for k, v in (("epochs", epochs), ("patience", patience))
+                          if v is not None})  # checked before any data is read
     ds = _load(dataset)
     from msakit.data.report import format_report, inspect_dataset
 
@@ -89,7 +91,7 @@ def train(
 
     seeds = list(seeds or DEFAULT_SEEDS)
     summary = train_fn(
-        model, ds, out, seeds=seeds, epochs=epochs, corrupt=corrupt,
+        model, ds, out, seeds=seeds, corrupt=corrupt, train_config=tcfg,
         overrides=overrides, progress=progress, verbose=verbose,
         on_seed_start=lambda i, s: console.print(
             f"[{i + 1}/{len(seeds)}] {model}, seed {s} -> {out / f'seed_{s}'}", markup=False
