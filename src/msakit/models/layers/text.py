@@ -6,7 +6,7 @@ text: :meth:`TextEncoderLayer.prepare_split` tokenises the split's transcripts w
 own tokenizer (cached on disk), the missing-data protocols drop **tokens** (written over with
 the unknown token, special tokens kept, as LNLN does) and the model runs the encoder on the ids
 inside its forward pass, fine-tuning it with its own learning rate ``text_lr`` (the seed papers
-fine-tune BERT; ``text_finetune=false`` freezes it). ``text_encoder=features`` (the default)
+fine-tune BERT; 2e-5 by default, chosen on validation data; ``text_finetune=false`` freezes it). ``text_encoder=features`` (the default)
 keeps the dataset's precomputed text features.
 
 Inside the model the text modality becomes the encoder's last hidden states, one step per
