@@ -58,7 +58,7 @@ def encoder_dim(name_or_path: str | os.PathLike | None = None) -> int | None:
 
 
 @contextlib.contextmanager
-def quiet_hf():
+def _quiet_hf():
     """No weight-loading progress bars from transformers (restored afterwards)."""
     from transformers.utils import logging as hf_logging
 
@@ -69,6 +69,31 @@ def quiet_hf():
     finally:
         if was:
             hf_logging.enable_progress_bar()
+
+
+def load_pretrained(name: str, what: str, hint: str = ""):
+    """(tokenizer, model) of a hub name, local folder or the default alias, loaded with
+    ``AutoTokenizer``/``AutoModel.from_pretrained``; a failure is one :class:`ConfigError`
+    line naming ``what`` (e.g. ``text_encoder='x'``), plus ``hint``."""
+    from transformers import AutoModel, AutoTokenizer
+
+    path = resolve_encoder(name)
+    try:
+        with _quiet_hf():
+            return AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path)
+    except (OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(
+            f"{what}: cannot load it ({first}); give a local folder with config.json, "
+            f"tokenizer and weights, or a hub name reachable from here{hint}"
+        ) from None
+
+
+def tokenize(tokenizer, texts: list[str], max_length: int) -> tuple[np.ndarray, np.ndarray]:
+    """(ids (N, L) int64, mask (N, L) bool), padded to the longest text (<= max_length)."""
+    enc = tokenizer([str(t) for t in texts], padding="longest", truncation=True,
+                    max_length=max_length, return_tensors="np")
+    return enc["input_ids"].astype(np.int64), enc["attention_mask"].astype(bool)
 
 
 class TextEncoder:
@@ -93,12 +118,8 @@ class TextEncoder:
 
     def _load(self) -> None:
         if self._model is None:
-            from transformers import AutoModel, AutoTokenizer
-
-            path = resolve_encoder(self.name)
-            with quiet_hf():
-                self._tok = AutoTokenizer.from_pretrained(path)
-                self._model = AutoModel.from_pretrained(path).to(self.device).eval()
+            self._tok, model = load_pretrained(self.name, f"text encoder {self.name!r}")
+            self._model = model.to(self.device).eval()
 
     @property
     def dim(self) -> int:
@@ -113,11 +134,7 @@ class TextEncoder:
     def tokenize(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """(ids (N, L) int64, mask (N, L) bool), padded to the longest text (<= max_length)."""
         self._load()
-        enc = self._tok(
-            [str(t) for t in texts], padding="longest", truncation=True,
-            max_length=self.max_length, return_tensors="np",
-        )
-        return enc["input_ids"].astype(np.int64), enc["attention_mask"].astype(bool)
+        return tokenize(self._tok, texts, self.max_length)
 
     def encode(
         self, texts: list[str], progress: bool = False
@@ -170,9 +187,7 @@ def cached_tokenize(tokenizer, name: str, texts: list[str], max_length: int) -> 
                     return z["ids"], z["mask"]
         except (OSError, ValueError, KeyError):
             pass  # unreadable cache file: recompute and overwrite
-    enc = tokenizer([str(t) for t in texts], padding="longest", truncation=True,
-                    max_length=max_length, return_tensors="np")
-    ids, mask = enc["input_ids"].astype(np.int64), enc["attention_mask"].astype(bool)
+    ids, mask = tokenize(tokenizer, texts, max_length)
     _save_npz(path, ids=ids, mask=mask)
     return ids, mask
 

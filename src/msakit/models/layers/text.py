@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from msakit.data.batch import Batch, SplitData
-from msakit.errors import ConfigError, DataError
+from msakit.errors import DataError
 
 FEATURES = "features"
 
@@ -41,22 +41,11 @@ class TextEncoderLayer(nn.Module):
 
     def __init__(self, name: str, max_length: int = 50, finetune: bool = True) -> None:
         super().__init__()
-        from transformers import AutoModel, AutoTokenizer
+        from msakit.features.text import load_pretrained
 
-        from msakit.features.text import quiet_hf, resolve_encoder
-
-        path = resolve_encoder(name)
-        try:
-            with quiet_hf():
-                self.tokenizer = AutoTokenizer.from_pretrained(path)
-                self.encoder = AutoModel.from_pretrained(path)
-        except (OSError, ValueError) as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise ConfigError(
-                f"text_encoder={name!r}: cannot load it ({first}); give a local folder with "
-                f"config.json, tokenizer and weights, a hub name reachable from here, or "
-                f"'{FEATURES}' for the dataset's precomputed text features"
-            ) from None
+        self.tokenizer, self.encoder = load_pretrained(
+            name, f"text_encoder={name!r}",
+            f", or '{FEATURES}' for the dataset's precomputed text features")
         self.name, self.max_length = str(name), int(max_length)
         self.dim = int(self.encoder.config.hidden_size)
         self.encoder.requires_grad_(finetune)
