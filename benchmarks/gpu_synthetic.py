@@ -26,6 +26,9 @@ GROUPS = [
     ("late_fusion", None), ("late_fusion", "frames:random"), ("late_fusion", "modality:0.3"),
     ("mult", None), ("mult", "frames:random"), ("mult", "modality:0.3"),
     ("lnln", "frames:random"), ("hme", "modality:0.3"), ("cyin", "modality:0.3"),
+    ("tfn", None), ("lmf", None),
+    # each model's own training corruption (its config's default_corrupt, e.g. a preset's)
+    ("lnln", "default"), ("hme", "default"), ("mult", "default"),
 ]
 LEVELS = {
     "frames": "0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9",
@@ -48,15 +51,16 @@ def _threads(n: int) -> None:
 def train_group(model, corrupt, a) -> str:
     _threads(a.threads)
     import msakit
+    from msakit.models.base import parse_sets
     from msakit.train.engine import TrainConfig
 
     t = time.time()
     # an epoch budget with early stopping on validation: never a wall-clock cap (results must
     # not depend on the machine's load)
-    tc = TrainConfig(epochs=a.epochs, patience=a.patience, corrupt=corrupt or "none",
-                     accelerator=a.accelerator)
+    tc = TrainConfig(epochs=a.epochs, patience=a.patience, accelerator=a.accelerator,
+                     corrupt=None if corrupt == "default" else corrupt or "none")
     s = msakit.train(model, a.dataset, Path(a.out) / "runs" / tag(model, corrupt),
-                     seeds=a.seeds, train_config=tc)
+                     seeds=a.seeds, train_config=tc, overrides=parse_sets(a.set, [model])[model])
     return f"{tag(model, corrupt)}: test mae {s['test']['mae']['mean']:.3f} in {time.time() - t:.0f}s"
 
 
@@ -86,18 +90,27 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--out", required=True)
     ap.add_argument("--dataset", default="synthetic-mosi")
-    ap.add_argument("--epochs", type=int, default=25)
-    ap.add_argument("--patience", type=int, default=6)
+    ap.add_argument("--epochs", type=int, default=None,
+                    help="maximum epochs (default: the model config's, e.g. a preset's, else 30)")
+    ap.add_argument("--patience", type=int, default=None,
+                    help="early-stopping patience (default: the model config's, else 8)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[1111, 1112, 1113])
     ap.add_argument("--accelerator", default="cpu")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--workers", type=int, default=9)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--models", default=None, help="comma list to restrict GROUPS")
+    ap.add_argument("--groups", default=None,
+                    help="comma list of group tags (e.g. lnln__frames-random) to restrict GROUPS")
     ap.add_argument("--phase", default="train,sweep")
+    ap.add_argument("--protocols", default=",".join(LEVELS), help="comma list of sweeps")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="model config override for every group, as `msakit train --set`")
     a = ap.parse_args()
-    groups = [g for g in GROUPS if a.models is None or g[0] in a.models.split(",")]
-    cost = {"hme": 0, "mult": 1, "lnln": 2, "cyin": 3, "late_fusion": 4}  # slowest first
+    groups = [g for g in GROUPS if (a.models is None or g[0] in a.models.split(","))
+              and (a.groups is None or tag(*g) in a.groups.split(","))
+              and (g[1] != "default" or a.groups is not None)]  # only when asked for
+    cost = {"hme": 0, "mult": 1, "lnln": 2, "cyin": 3, "late_fusion": 4, "tfn": 5, "lmf": 6}  # slowest first
     groups.sort(key=lambda g: cost.get(g[0], 9))
     t0 = time.time()
     import multiprocessing as mp
@@ -109,7 +122,7 @@ def main() -> None:
                 print(f"[{time.time() - t0:5.0f}s] {f.result()}", flush=True)
         if "sweep" in a.phase:
             futs = []
-            for p in LEVELS:
+            for p in a.protocols.split(","):
                 for i, (m, c) in enumerate(groups):
                     futs.append(ex.submit(_safe, sweep_group, m, c, p, i == 0, a))
             for f in as_completed(futs):

@@ -232,6 +232,41 @@ def test_threshold_filters_neighbours(dataset):
     assert torch.equal(out.extras["neighbours"][:, 0], want)
 
 
+def test_retrieval_none_is_the_model_without_neighbours(dataset):
+    """``retrieval=none`` (the ablation) keeps no bank and computes exactly what the same
+    weights compute when no neighbour passes the threshold."""
+    off = ready(dataset, retrieval="none")
+    assert off.bank_x.shape[0] == 0 and off.bank_len() == 0
+    on = ready(dataset, sim_threshold=1.01)  # same seed: same weights; a bank, never used
+    assert on.bank_len() == len(dataset.splits["train"])
+    b = collate(dataset.splits["test"], np.arange(12))
+    torch.testing.assert_close(preds(off, b), preds(on, b))
+    assert not torch.equal(preds(off, b), preds(ready(dataset, sim_threshold=-1.0), b))
+    off.train()
+    off(collate(dataset.splits["train"], np.arange(8)))  # training writes nothing either
+    assert off.bank_len() == 0
+
+
+def test_enhance_neighbours_reads_only_the_neighbours(dataset):
+    """The paper's enhanced branch: the latents of modality m read m's retrieved neighbours
+    only; a sample with no neighbour above the threshold reads its own pooled vector."""
+    seen = {}
+    for thr in (-1.0, 1.01):
+        model = ready(dataset, enhance="neighbours", sim_threshold=thr)
+        model.latent_mod["text"].register_forward_hook(
+            lambda mod, args, out, thr=thr: seen.__setitem__(thr, args))
+        b = collate(dataset.splits["test"], np.arange(12))
+        preds(model, b)
+    ctx, keep = seen[-1.0]
+    assert ctx.shape[1] == 1 + SMALL["k"]  # own pooled vector slot + k neighbours, no steps
+    has = b.present["text"]
+    assert not keep[has, 0].any() and keep[has, 1:].all()  # neighbours only
+    _, keep = seen[1.01]
+    assert keep[:, 0].all() and not keep[:, 1:].any()  # none passes: its own pooled vector
+    with pytest.raises(ValueError, match="enhance"):
+        build(enhance="mean")
+
+
 # ------------------------------------------------------------------ evaluation behaviour
 def test_eval_prediction_independent_of_batch_mates(dataset):
     model = ready(dataset)

@@ -68,6 +68,8 @@ def train(
         help="early stopping: epochs without a better validation score (default 8)")] = None,
     corrupt: Annotated[str | None, typer.Option(help="training corruption, e.g. frames:random")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="model config key=value")] = None,
+    preset: Annotated[str | None, typer.Option(
+        help="named model settings, e.g. paper (the reference's); --set values win")] = None,
     progress: Annotated[bool, typer.Option(help="Lightning's per-step progress bar")] = False,
     verbose: Annotated[bool, typer.Option(help="show Lightning's own messages")] = False,
     threads: Annotated[int | None, typer.Option(help="torch CPU threads (default: torch's)")] = None,
@@ -79,7 +81,7 @@ def train(
     from msakit.models.base import make_config, parse_sets
     from msakit.train.engine import TrainConfig
 
-    overrides = parse_sets(set_, [model])[model]
+    overrides = parse_sets(_with_preset(set_, preset), [model])[model]
     make_config(model, **overrides)  # bad options fail before any data is read
     tcfg = TrainConfig(**{k: v for k, v in (("epochs", epochs), ("patience", patience))
                           if v is not None})  # checked before any data is read
@@ -104,6 +106,11 @@ def train(
     n = len(summary["_meta"]["seeds"])
     console.print(summary_table(f"{model} on {ds.name} ({n} seeds)", rows, shown))
     console.print(f"wrote {out / 'summary.json'}", markup=False)
+
+
+def _with_preset(sets: list[str] | None, preset: str | None) -> list[str]:
+    """``--preset NAME`` is ``--set preset=NAME`` (given first, so it cannot hide a --set)."""
+    return ([f"preset={preset}"] if preset else []) + list(sets or [])
 
 
 def _threads(n: int | None) -> None:
@@ -270,6 +277,8 @@ def matrix(
         help="per-protocol levels as PROTOCOL=LEVELS, e.g. frames=0:0.9:0.1 (repeatable)")] = None,
     set_: Annotated[list[str] | None, typer.Option(
         "--set", help="model config key=value (all models) or model.key=value")] = None,
+    preset: Annotated[str | None, typer.Option(
+        help="named model settings for every model, e.g. paper; --set values win")] = None,
     seed: Annotated[int, typer.Option(help="protocol seed for evaluation")] = 0,
     split: str = "test",
     accelerator: Annotated[str, typer.Option(help="Lightning accelerator for training")] = "cpu",
@@ -294,7 +303,8 @@ def matrix(
     res = run_matrix(
         dataset, _split_list(models), out, protocols=_split_list(protocols),
         train_corrupt=_split_list(train_corrupt),
-        seeds=seed_list, epochs=epochs, levels=lv, overrides=set_, protocol_seed=seed,
+        seeds=seed_list, epochs=epochs, levels=lv, overrides=_with_preset(set_, preset),
+        protocol_seed=seed,
         split=split, accelerator=accelerator, device=device,
         log=lambda msg: console.print(msg, markup=False),
     )

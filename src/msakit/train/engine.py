@@ -46,12 +46,16 @@ from msakit.models.base import MSAModel, create_model, make_config
 log = logging.getLogger("msakit")
 
 
+DEFAULT_EPOCHS = 30
+DEFAULT_PATIENCE = 8
+
+
 @dataclass
 class TrainConfig:
     """Engine settings (ours: MMSA-like early stopping on validation MAE)."""
 
-    epochs: int = 30
-    patience: int = 8
+    epochs: int | None = None  # None: the model config's (a paper preset's), else DEFAULT_EPOCHS
+    patience: int | None = None  # None: the model config's, else DEFAULT_PATIENCE
     min_epochs: int = 1
     corrupt: str | None = None  # training-time corruption, e.g. "frames:random"
     select: str = "auto"  # validation metric for selection: "auto" = mae (regression), acc (classes)
@@ -66,9 +70,13 @@ class TrainConfig:
     def __post_init__(self) -> None:
         for k in ("epochs", "min_epochs", "eval_batch_size"):
             v = getattr(self, k)
+            if k == "epochs" and v is None:
+                continue
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ConfigError(f"--{k.replace('_', '-')} {v!r}: expected an integer >= 1")
-        if isinstance(self.patience, bool) or not isinstance(self.patience, int) or self.patience < 0:
+        if self.patience is not None and (
+                isinstance(self.patience, bool) or not isinstance(self.patience, int)
+                or self.patience < 0):
             raise ConfigError(f"patience={self.patience!r}: expected an integer >= 0")
         if self.max_time_s is not None and not self.max_time_s > 0:
             raise ConfigError(f"max_time_s={self.max_time_s!r}: expected seconds > 0")
@@ -252,9 +260,15 @@ class LitMSA(L.LightningModule):
 
     def configure_optimizers(self):
         cfg = self.model.config
-        opt = torch.optim.AdamW(self.model.optimizer_groups(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        kind = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+        opt = kind(self.model.optimizer_groups(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         if cfg.lr_schedule == "constant" and cfg.warmup_frac == 0:
             return opt
+        if cfg.lr_schedule == "plateau":
+            sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
+                opt, mode=self.mode, factor=cfg.plateau_factor, patience=cfg.plateau_patience)
+            return {"optimizer": opt, "lr_scheduler": {
+                "scheduler": sched, "interval": "epoch", "monitor": f"val/{self.select}"}}
         total = max(1, int(self.trainer.estimated_stepping_batches))
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, functools.partial(lr_factor, total=total, warmup=cfg.warmup_frac,
@@ -291,6 +305,9 @@ def resolved_config(
 ) -> dict:
     mcfg = make_config(model_name, **overrides)
     train = dataclasses.asdict(tcfg)
+    train["epochs"] = tcfg.epochs or mcfg.epochs or DEFAULT_EPOCHS
+    train["patience"] = next(p for p in (tcfg.patience, mcfg.patience, DEFAULT_PATIENCE)
+                             if p is not None)
     train["corrupt"] = effective_corrupt(tcfg, mcfg)
     try:
         parse_protocol(train["corrupt"])
@@ -535,6 +552,8 @@ def fit_seed(
     run_dir = Path(run_dir)
     check_out_dir(run_dir)
     cfg = resolved_config(model_name, dataset, seed, tcfg, overrides)
+    tcfg = dataclasses.replace(tcfg, epochs=cfg["train"]["epochs"],
+                               patience=cfg["train"]["patience"])
     with RunLock(run_dir):
         if (run_dir / "config.json").exists():
             old = read_json(run_dir / "config.json")
@@ -599,6 +618,8 @@ def _fit(model_name, dataset, seed, run_dir, tcfg, overrides, cfg, verbose) -> R
             enable_model_summary=False,
             deterministic=tcfg.deterministic,
             gradient_clip_val=grad_clip,
+            gradient_clip_algorithm=model.config.grad_clip_mode,
+            accumulate_grad_batches=model.config.accumulate,
             num_sanity_val_steps=0,
             log_every_n_steps=1,
         )

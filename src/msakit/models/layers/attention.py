@@ -34,7 +34,13 @@ from torch.nn.utils import skip_init
 
 DROPOUT_MODES = ("key", "weights")
 INITS = ("xavier", "torch", "default")
-ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu}
+def _geglu(h: torch.Tensor) -> torch.Tensor:
+    """GEGLU (Shazeer 2020): the first half gated by GELU of the second."""
+    a, g = h.chunk(2, dim=-1)
+    return a * F.gelu(g)
+
+
+ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu, "geglu": _geglu}
 
 
 def attention_mask(obs: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
@@ -159,7 +165,8 @@ class AttentionBlock(nn.Module):
 
     Self-attention when ``src`` is None, else x's queries attend to ``src``; the source shares
     the queries' LayerNorm (MulT) unless ``cross`` gives it its own. Feed-forward d-``ff``-d
-    (default 4d) with ``act`` ("relu" or "gelu"); dropout ``ff_dropout`` after the activation,
+    (default 4d) with ``act`` ("relu", "gelu", or "geglu": the first layer 2 x ff wide, half of
+    it gating the other); dropout ``ff_dropout`` after the activation,
     ``res_dropout`` on the attention output and ``ff_res_dropout`` (default ``res_dropout``)
     on the feed-forward output; ``attn_dropout`` of kind ``dropout_mode`` inside attention.
     Rows with no observed key get a zero attention output, or the learned ``null`` vector."""
@@ -190,7 +197,8 @@ class AttentionBlock(nn.Module):
             d, heads, attn_dropout, dropout_mode, dim_head=dim_head, bias=bias, init=init
         )
         self.norm2 = nn.LayerNorm(d)
-        self.fc1, self.fc2 = nn.Linear(d, ff or 4 * d), nn.Linear(ff or 4 * d, d)
+        ff = ff or 4 * d
+        self.fc1, self.fc2 = nn.Linear(d, 2 * ff if act == "geglu" else ff), nn.Linear(ff, d)
         if init == "xavier":
             for lin in (self.fc1, self.fc2):
                 nn.init.xavier_uniform_(lin.weight)
