@@ -9,6 +9,9 @@ best of a few 2048x2048 matmuls timed by this script at the same thread count.
 
     python benchmarks/bench_models_speed.py --models lnln hme cyin mult late_fusion \
         --batch 32 --steps 5 --out bench_speed.json [--markdown]
+
+A model may carry config overrides, ``NAME:KEY=VALUE,KEY=VALUE`` (e.g. ``hme:preset=paper``);
+the batch size stays ``--batch`` for every row, so steps compare like for like.
 """
 
 from __future__ import annotations
@@ -72,6 +75,12 @@ def _flop_counter():
     })
 
 
+def parse_spec(spec: str) -> tuple[str, dict]:
+    """``NAME[:KEY=VALUE,...]`` -> (name, overrides)."""
+    name, _, rest = spec.partition(":")
+    return name, dict(kv.split("=", 1) for kv in rest.split(",") if kv)
+
+
 def measure(name: str, bs: int, steps: int, overrides: dict, threads: int) -> dict:
     import torch
 
@@ -114,7 +123,7 @@ def measure(name: str, bs: int, steps: int, overrides: dict, threads: int) -> di
             model(batch)
         infer = (time.perf_counter() - t) / steps
     return {
-        "model": name,
+        "model": name + "".join(f" {k}={v}" for k, v in overrides.items()),
         "params": n_params,
         "train_step_s": sorted(times)[len(times) // 2],
         "train_step_s_all": times,
@@ -138,7 +147,7 @@ def main() -> None:
     ap.add_argument("--child", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child:
-        print(json.dumps(measure(a.child, a.batch, a.steps, {}, a.threads)))
+        print(json.dumps(measure(*parse_spec(a.child), a.batch, a.steps, a.threads)))
         return
     peak = matmul_peak_gflops(a.threads)
     print(f"float32 matmul peak ({a.threads} thread(s)): {peak:.1f} GFLOP/s", flush=True)
