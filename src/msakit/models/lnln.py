@@ -57,11 +57,10 @@ Ours:
   of a step transformer computes only the token queries (the steps' outputs are never read);
   clean-input tokens are recomputed only for rows the corruption changed (same values and
   gradients for the others while dropout is 0).
-- the reference's learning-rate schedule (linear warm-up over 10% of 200 epochs, then cosine)
-  is available as ``--set lr_schedule=cosine --set warmup_frac=0.1`` (the engine steps it per
-  batch over the planned epochs); the default stays a constant lr with early stopping on
-  validation MAE until the two are compared on validation data (every published LNLN number
-  used the constant lr).
+- the reference's learning-rate schedule (linear warm-up over 20 of 200 epochs, then cosine;
+  core/scheduler.py) is part of ``--preset paper`` (the engine steps it per batch over the
+  planned epochs); the default is a constant lr with early stopping on validation MAE, which
+  was ahead on validation data (BENCHMARKS.md §10, synthetic-tiny).
 
 ``--preset paper`` (``LNLNConfig.PRESETS``, each value citing its file in the reference)
 against the default:
