@@ -15,7 +15,7 @@ import msakit
 from msakit.data.batch import Batch, Corruption, SplitData
 from msakit.data.dataset import MSADataset
 from msakit.models import create_model
-from msakit.models.lnln import grad_reverse
+from msakit.models.layers import grad_reverse
 from msakit.train.engine import LitMSA, TrainConfig
 
 DIMS = {"text": 12, "audio": 5, "vision": 7}

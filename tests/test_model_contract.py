@@ -44,10 +44,16 @@ TINY: dict[str, dict] = {
     "hme": dict(d=32, heads=2, enc_layers=1, latent_depth=1, hyper_depth=1),
     "lnln": dict(d=32, heads=2, dim_head=16, ff=64),
     "cyin": dict(d=32, latent=16, cra_hidden=32),
+    "midg": dict(d=16, heads=2, adapter_dim=8, experts=2, expert_hidden=16, head_hidden=16),
+    "dashfusion": dict(d=16, heads=2, enc_layers=1, align_heads=2, align_dim_head=8, bottleneck=4),
     "tfn": dict(text_hidden=8, audio_hidden=4, vision_hidden=4, text_out=4, post_fusion_dim=16,
                 audio_dropout=0.0, vision_dropout=0.0),
     "lmf": dict(text_hidden=16, audio_hidden=8, vision_hidden=8, text_out=8, rank=4,
                 audio_dropout=0.1, vision_dropout=0.1),
+    "misa": dict(hidden=16, fusion_ff=32, dropout=0.0, fusion_dropout=0.0),
+    "self_mm": dict(audio_hidden=4, vision_hidden=4, audio_out=4, vision_out=4,
+                    post_fusion_dim=16, text_post_dim=4, audio_post_dim=4,
+                    vision_post_dim=4, text_post_dropout=0.0, audio_post_dropout=0.0),
 }
 SHAPES = {"text": (8, 16), "audio": (12, 4), "vision": (10, 6)}
 DIMS = {m: D for m, (_, D) in SHAPES.items()}

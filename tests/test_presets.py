@@ -19,8 +19,9 @@ from msakit.train.engine import TrainConfig
 
 OURS_ONLY = {"late_fusion"}  # msakit's own baseline: no paper to follow
 # no preset can cite a reference: RH-Lin/CyIN @ ff330bc holds only a README ("code is still
-# sorting out"), and the paper's implementation details were not reachable from here
-NO_REFERENCE = {"cyin"}
+# sorting out"); MIDG has no public code; neither paper's implementation details were reachable
+# from here (models/midg.py's design is ours, as its docstring says)
+NO_REFERENCE = {"cyin", "midg"}
 
 
 def test_every_method_has_a_paper_preset_and_user_values_win():

@@ -4,18 +4,22 @@ the protocols themselves)."""
 from msakit.corrupt.base import PROTOCOLS, Chain, Protocol, parse_protocol
 from msakit.corrupt.protocols import (
     Domain,
+    DomainSplit,
     Frames,
     MaskProtocol,
     Modality,
     Noise,
     Subset,
     hash_uniform,
+    parse_domain,
     realised_missing_rate,
     sample_keys,
+    split_domain,
     take_rows,
 )
 
 __all__ = [
-    "PROTOCOLS", "Chain", "Domain", "Frames", "MaskProtocol", "Modality", "Noise", "Protocol",
-    "Subset", "hash_uniform", "parse_protocol", "realised_missing_rate", "sample_keys", "take_rows",
+    "PROTOCOLS", "Chain", "Domain", "DomainSplit", "Frames", "MaskProtocol", "Modality", "Noise",
+    "Protocol", "Subset", "hash_uniform", "parse_domain", "parse_protocol",
+    "realised_missing_rate", "sample_keys", "split_domain", "take_rows",
 ]

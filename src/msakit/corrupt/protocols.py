@@ -18,6 +18,10 @@ spec                   what it does
                        ``lav``; ``subset:random`` draws a non-empty subset of each sample's
                        present modalities uniformly (HME's modality-combination sampling).
 ``noise:sigma``        adds N(0, sigma^2) to every observed feature (masks unchanged).
+``domain:A,B->C``      domain generalisation (MIDG): train on the source domains A and B,
+                       select on their validation rows, test on the target C. As a batch
+                       protocol it keeps the target rows; :meth:`DomainSplit.view` gives the
+                       dataset a run trains on (see :class:`DomainSplit`).
 ``a+b``                chains protocols (``frames:random+modality:0.3``).
 =====================  =====================================================================
 
@@ -55,6 +59,7 @@ import torch
 
 from msakit.corrupt.base import PROTOCOLS, Protocol
 from msakit.data.batch import MODALITIES, Batch, Corruption, SplitData, parse_modalities
+from msakit.data.dataset import MSADataset
 from msakit.errors import ConfigError
 
 _M32 = 0xFFFFFFFF
@@ -455,3 +460,81 @@ class Domain(Protocol):
 
     def apply(self, batch: Batch, seed: int) -> Batch:
         return take_rows(batch, self.rows(batch.domain, "target"))
+
+
+@PROTOCOLS.register("domain")
+class DomainSplit(Domain):
+    """``domain:A,B->C``: leave-domains-out training and testing (MIDG's ``domain(A->B)``).
+
+    :meth:`view` turns a dataset with domain labels into the one a run sees: ``train`` and
+    ``valid`` are the source domains' train and validation rows (training and checkpoint
+    selection), ``test`` the target domains' test rows (out of domain) and ``test_source`` the
+    sources' test rows (in domain). The target's train and validation rows are not in it at all,
+    so no target data, not even unlabelled, reaches normalisation, training or selection. Domain
+    names resolve against ``dataset.info["domains"]``; integers are indices into that list.
+    As a batch protocol (``msakit eval --corrupt domain:A->C+modality:0.3``) it keeps the target
+    rows and chains with the missing-data protocols."""
+
+    name = "domain"
+
+    def bind(self, dataset: MSADataset) -> DomainSplit:
+        """Resolve names against ``dataset.info["domains"]`` and check every named domain has
+        rows; raises ConfigError naming what is wrong."""
+        names = dataset.info.get("domains")
+        if dataset.splits["train"].domain is None:
+            raise ConfigError(
+                f"protocol domain:{self.level}: dataset {dataset.name!r} has no domain labels "
+                f"(SplitData.domain); use a multi-domain dataset such as synthetic-domains")
+        self.names = list(names) if names is not None else None
+        k = len(self.names) if self.names is not None else None
+        for i in self.source + self.target:
+            if i < 0 or (k is not None and i >= k):
+                raise ConfigError(
+                    f"protocol domain:{self.level}: domain index {i} out of range; known domains: "
+                    f"{self.names}")
+        return self
+
+    def view(self, dataset: MSADataset) -> MSADataset:
+        """The dataset a domain run trains, selects and reports on (see the class doc)."""
+        self.bind(dataset)
+        sp = dataset.splits
+        splits = {
+            "train": self.split(sp["train"], "source"),
+            "valid": self.split(sp["valid"], "source"),
+            "test": self.split(sp["test"], "target"),
+            "test_source": self.split(sp["test"], "source"),
+        }
+        for name, role, s in (("train", "source", "train"), ("valid", "source", "valid"),
+                              ("test", "target", "test")):
+            if len(splits[name]) == 0:
+                raise ConfigError(
+                    f"protocol domain:{self.level}: the {role} domains have no rows in the {s} "
+                    f"split of {dataset.name!r}")
+        return MSADataset(
+            name=f"{dataset.name}[domain:{self.level}]", splits=splits,
+            label_scale=dataset.label_scale, oracle=dataset.oracle,
+            info={**dataset.info, "domain_protocol": self.level, "source": self.source,
+                  "target": self.target},
+            label_range=dataset.label_range, classes=dataset.classes,
+            standardized=dataset.standardized,
+        )
+
+
+def split_domain(protocol: Protocol | None) -> tuple[DomainSplit | None, Protocol | None]:
+    """A parsed protocol -> (its ``domain:`` part, the rest): ``domain:a->b+frames:0.3`` ->
+    (DomainSplit, Frames). At most one domain part is allowed."""
+    from msakit.corrupt.base import Chain
+
+    parts = protocol.parts if isinstance(protocol, Chain) else [protocol] if protocol else []
+    doms = [p for p in parts if isinstance(p, DomainSplit)]
+    if len(doms) > 1:
+        raise ConfigError(f"protocol {protocol.spec!r}: at most one domain:... part")
+    rest = [p for p in parts if not isinstance(p, DomainSplit)]
+    other = None if not rest else rest[0] if len(rest) == 1 else Chain(rest)
+    return (doms[0] if doms else None), other
+
+
+def parse_domain(spec: str) -> DomainSplit:
+    """``"A,B->C"`` or ``"domain:A,B->C"`` -> a :class:`DomainSplit` (names unresolved)."""
+    spec = str(spec).strip()
+    return DomainSplit(spec.split(":", 1)[1] if spec.startswith("domain:") else spec)

@@ -278,3 +278,51 @@ def parse_modalities(spec: str) -> tuple[str, ...]:
                 f"{MODALITIES}"
             )
     return tuple(dict.fromkeys(out))
+
+
+def concat_splits(parts: list[SplitData], domains: list[int] | None = None) -> SplitData:
+    """Rows of several splits with the same modalities and dims, one after the other; each
+    modality padded to the longest. ``domains[k]`` labels part k's rows in ``domain`` (else the
+    parts' own ``domain``). Token ids, transcripts and per-modality labels are kept only when
+    every part has them."""
+    if not parts:
+        raise ConfigError("concat_splits: expected at least one split")
+    dims = parts[0].dims
+    for p in parts[1:]:
+        if p.dims != dims:
+            bad = next((m for m in sorted(set(dims) | set(p.dims)) if dims.get(m) != p.dims.get(m)), "?")
+            raise ConfigError(
+                f"concat_splits: modality {bad!r} differs ({dims.get(bad)} vs {p.dims.get(bad)} "
+                f"features); splits join only with the same modalities and feature dims")
+
+    def pad(a: np.ndarray, L: int) -> np.ndarray:
+        return a if a.shape[1] == L else np.pad(a, [(0, 0), (0, L - a.shape[1])] + [(0, 0)] * (a.ndim - 2))
+
+    x = {}
+    for m in dims:
+        L = max(p.x[m].shape[1] for p in parts)
+        x[m] = np.concatenate([pad(p.x[m], L) for p in parts])
+
+    def cat_d(name: str):
+        ds = [getattr(p, name) for p in parts]
+        return None if any(d is None for d in ds) else {m: np.concatenate([d[m] for d in ds]) for m in ds[0]}
+
+    if domains is not None:
+        dom = np.concatenate([np.full(len(p), d, dtype=np.int64) for p, d in zip(parts, domains, strict=True)])
+    elif all(p.domain is not None for p in parts):
+        dom = np.concatenate([p.domain for p in parts])
+    else:
+        dom = None
+    ids_ok = all(p.text_ids is not None for p in parts) and len({p.text_unk_id for p in parts}) == 1
+    text_ids = text_mask = None
+    if ids_ok:
+        Lt = max(p.text_ids.shape[1] for p in parts)
+        text_ids = np.concatenate([pad(p.text_ids, Lt) for p in parts])
+        text_mask = np.concatenate([pad(p.text_ids_mask, Lt) for p in parts])
+    return SplitData(
+        x=x, lengths=cat_d("lengths"), y=np.concatenate([p.y for p in parts]),
+        ids=[i for p in parts for i in p.ids], present=cat_d("present"), y_m=cat_d("y_m"),
+        text_ids=text_ids, text_ids_mask=text_mask, domain=dom,
+        raw_text=None if any(p.raw_text is None for p in parts) else [t for p in parts for t in p.raw_text],
+        text_unk_id=parts[0].text_unk_id if ids_ok else None,
+    )

@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from msakit.corrupt import parse_protocol
+from msakit.corrupt import parse_domain, parse_protocol, split_domain
+from msakit.data.dataset import SPLITS
 from msakit.data.registry import load_dataset
 from msakit.errors import ConfigError, MissingDataError
 from msakit.fileio import read_json
@@ -34,9 +35,14 @@ def seed_dirs(run: str | os.PathLike) -> list[Path]:
 def evaluate_runs(
     run: str | os.PathLike, dataset: str | None = None, protocol: str | None = None, seed: int = 0
 ) -> dict:
-    """Re-evaluate every seed of a run on its own (or another) dataset; mean and std per split."""
+    """Re-evaluate every seed of a run on its own (or another) dataset; mean and std per split.
+
+    A run trained with ``domain`` is evaluated on the same domain view (``test``: the target
+    domains, ``test_source``: the sources). A ``domain:A->C`` part of ``protocol`` on a run
+    trained without one keeps the target domains' rows of every split."""
     per_seed, cache = [], {}
     prot = parse_protocol(protocol)
+    dom_prot, _ = split_domain(prot)
     for d in seed_dirs(run):
         name = dataset or read_json(d / "config.json").get("dataset")
         if name not in cache:
@@ -45,5 +51,15 @@ def evaluate_runs(
         if model.input_dims != cache[name].dims:
             raise ConfigError(f"--dataset {name}: dims {cache[name].dims}, {d} was trained on "
                               f"{model.input_dims}")
-        per_seed.append(evaluate_model(model, cache[name], protocol=prot, seed=seed))
+        ds, p = cache[name], prot
+        trained_on = (cfg.get("train") or {}).get("domain")
+        if trained_on:
+            if dom_prot is not None:
+                raise ConfigError(f"--corrupt {protocol!r}: {d} was trained with domain "
+                                  f"{trained_on!r} and is evaluated on that split; drop the domain part")
+            ds = parse_domain(trained_on).view(ds)
+        elif dom_prot is not None:
+            dom_prot.bind(ds)
+        splits = (*SPLITS, *(s for s in ds.splits if s not in SPLITS))
+        per_seed.append(evaluate_model(model, ds, splits, protocol=p, seed=seed))
     return summarize(per_seed)

@@ -94,7 +94,12 @@ from torch import nn
 from msakit.data.batch import MODALITIES, Batch
 from msakit.errors import ConfigError
 from msakit.models.base import ModelConfig, MSAModel, Output, register_model
-from msakit.models.layers import AttentionEncoder, MaskedAttention, PositionalEncoding
+from msakit.models.layers import (
+    AttentionEncoder,
+    MaskedAttention,
+    PositionalEncoding,
+    grad_reverse,
+)
 
 
 @dataclass
@@ -152,22 +157,6 @@ class LNLNConfig(ModelConfig):
                 f"lnln: d={self.d} and disc_hidden={self.disc_hidden}: expected d >= 2 and "
                 f"disc_hidden >= 1"
             )
-
-
-class _GradReverse(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, alpha: float) -> torch.Tensor:
-        ctx.alpha = alpha
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        return -ctx.alpha * grad, None
-
-
-def grad_reverse(x: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
-    """Identity forward; multiplies the gradient by ``-alpha`` on the way back."""
-    return _GradReverse.apply(x, alpha)
 
 
 def _encoder(c: LNLNConfig, cross: bool = False) -> AttentionEncoder:

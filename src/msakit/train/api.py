@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from msakit.corrupt import parse_domain, parse_protocol, split_domain
 from msakit.data.dataset import MSADataset
 from msakit.data.registry import load_dataset
 from msakit.errors import ConfigError, RunError
@@ -58,10 +59,15 @@ def train(
     progress: bool = False,
     verbose: bool = False,
     on_seed_start: Any = None,
+    domain: str | None = None,
 ) -> dict:
     """Train ``model`` on ``dataset`` once per seed into ``out/seed_<s>/`` and write
     ``out/summary.json``: mean and std over every finished seed folder in ``out`` (the same set
-    ``msakit eval`` averages). A run folder holds one config; seeds differ, nothing else."""
+    ``msakit eval`` averages). A run folder holds one config; seeds differ, nothing else.
+
+    ``domain="A,B->C"`` (or a ``domain:A,B->C`` part of ``corrupt``) trains and selects on the
+    source domains only; ``summary["test"]`` is then the target domains' test split and
+    ``summary["test_source"]`` the sources' (see :class:`msakit.corrupt.DomainSplit`)."""
     seeds = [int(s) for s in seeds]
     if not seeds:
         raise ConfigError("--seeds: expected at least one seed")
@@ -81,7 +87,15 @@ def train(
     if epochs is not None:
         tcfg.epochs = epochs
     if corrupt is not None:
+        dom, rest = split_domain(parse_protocol(corrupt))
+        if dom is not None:
+            if domain is not None and parse_domain(domain).level != dom.level:
+                raise ConfigError(f"--corrupt {corrupt!r} and --domain {domain!r} name different "
+                                  f"domain splits; give one")
+            domain, corrupt = dom.level, (rest.spec if rest is not None else "none")
         tcfg.corrupt = corrupt
+    if domain is not None:
+        tcfg.domain = domain
     tcfg.progress = progress
     tcfg.__post_init__()  # validate what the arguments changed
     with RunLock(out):
@@ -110,6 +124,10 @@ def train(
             "corrupt": want["train"]["corrupt"],
             "normalize": want["normalize"],
             "protocol": "clean (no corruption at evaluation)",
+            **({"domain": want["train"]["domain"], "splits": (
+                "train/valid: the source domains' rows; test: the target domains' test rows "
+                "(out of domain); test_source: the source domains' test rows (in domain)")}
+               if want["train"].get("domain") else {}),
             "selection": f"best validation {want['train']['select']}",
             "epochs": want["train"]["epochs"],
         }

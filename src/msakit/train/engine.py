@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from msakit.corrupt import Protocol, parse_protocol
+from msakit.corrupt import Protocol, parse_domain, parse_protocol
 from msakit.data.batch import Batch, SplitData, collate
 from msakit.data.dataset import SPLITS, MSADataset
 from msakit.errors import ConfigError, MissingDataError, MsakitError, RunError
@@ -58,6 +58,9 @@ class TrainConfig:
     patience: int | None = None  # None: the model config's, else DEFAULT_PATIENCE
     min_epochs: int = 1
     corrupt: str | None = None  # training-time corruption, e.g. "frames:random"
+    # domain generalisation: "A,B->C" trains and selects on the source domains only and reports
+    # on the target's test split ("test") and the sources' ("test_source"); see DomainSplit
+    domain: str | None = None
     select: str = "auto"  # validation metric for selection: "auto" = mae (regression), acc (classes)
     eval_batch_size: int = 128
     deterministic: bool = True
@@ -85,6 +88,11 @@ class TrainConfig:
                 parse_protocol(self.corrupt)
             except (ValueError, KeyError) as e:
                 raise ConfigError(f"--corrupt {self.corrupt!r}: {e}") from None
+        if self.domain in ("", "none"):
+            self.domain = None
+        if self.domain is not None:
+            # the syntax, and one spelling ("A,B->C"); names are checked against the dataset
+            self.domain = parse_domain(self.domain).level
         if self.accelerator not in ACCELERATORS:
             raise ConfigError(
                 f"--accelerator {self.accelerator!r}: expected one of {', '.join(ACCELERATORS)}"
@@ -554,6 +562,8 @@ def fit_seed(
     cfg = resolved_config(model_name, dataset, seed, tcfg, overrides)
     tcfg = dataclasses.replace(tcfg, epochs=cfg["train"]["epochs"],
                                patience=cfg["train"]["patience"])
+    if tcfg.domain:  # the sources' train/valid and the test splits; no target train/valid row
+        dataset = parse_domain(tcfg.domain).view(dataset)
     with RunLock(run_dir):
         if (run_dir / "config.json").exists():
             old = read_json(run_dir / "config.json")
@@ -635,7 +645,9 @@ def _fit(model_name, dataset, seed, run_dir, tcfg, overrides, cfg, verbose) -> R
     model.cpu()
     save_state(model, run_dir / "model.pt")
     try:
-        metrics = evaluate_model(model, dataset, batch_size=tcfg.eval_batch_size, device=device)
+        splits = (*SPLITS, *(s for s in dataset.splits if s not in SPLITS))  # + test_source
+        metrics = evaluate_model(model, dataset, splits, batch_size=tcfg.eval_batch_size,
+                                 device=device)
     except NonFinitePredictions as e:  # only when no validation epoch was finite
         raise RunError(
             f"{run_dir}: training diverged: {e} (try a lower lr, --set grad_clip=1, or check "

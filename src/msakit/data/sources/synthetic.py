@@ -55,6 +55,19 @@ it is told the noise: for i.i.d. N(0, tau^2) noise per feature added to observed
 becomes sigma^2 + tau^2 above and it is exact again. Pass ``noise_sigma=tau`` (a float, or a
 dict per modality) to the call or to :meth:`SyntheticOracle.with_noise`; a protocol may also
 record it in ``batch.corruption.noise_sigma``. Other content corruption is not modelled.
+
+Domains (``synthetic-domains``; ``make_synthetic_domains``)
+-----------------------------------------------------------
+K laws that share the sentiment directions u_m (``law_seed``) and differ in known ways, each
+generating its own train/valid/test rows; the dataset holds them all as named groups
+(``SplitData.domain``, names in ``dataset.info["domains"]``, the laws in
+``info["domain_laws"]``). Per domain and modality: a feature shift and scale (every observed
+step x becomes ``scale * x + shift * v_m``, v_m a unit direction fixed by the domain's
+``shift_seed``), a cue strength (``amp``, ``p_cue``); per domain a label prior (``prior_tilt``:
+the prior times exp(tilt * s)). The oracle (:class:`DomainOracle`) applies each sample's own
+domain law, undoing the affine distortion exactly (z = (u.x - shift u.v) / scale, noise std
+tau / scale), so it is Bayes-optimal per domain and "how much of the gap does a method close"
+has an exact answer.
 """
 
 from __future__ import annotations
@@ -65,17 +78,20 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from msakit.data.batch import Batch, SplitData
+from msakit.data.batch import Batch, SplitData, concat_splits
 from msakit.data.catalog import register_summary
 from msakit.data.dataset import SPLITS, MSADataset
 from msakit.data.registry import DatasetEntry, register_dataset
 
 __all__ = [
+    "DOMAIN_PRESETS",
+    "DomainOracle",
     "PRESETS",
     "ModalityLaw",
     "SyntheticOracle",
     "SyntheticParams",
     "make_synthetic",
+    "make_synthetic_domains",
 ]
 
 
@@ -91,6 +107,10 @@ class ModalityLaw:
     min_len: int = 1
     rank: int | None = None  # noise has std sigma on an r-dim subspace holding u (None: all D)
     floor: float = 1.0  # noise std outside that subspace, relative to sigma (<= 1)
+    # a domain's affine distortion of every observed step: x -> scale * x + shift * v_m, v_m a
+    # unit direction fixed by (law_seed, shift_seed, modality) (synthetic-domains)
+    shift: float = 0.0
+    scale: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -108,10 +128,12 @@ class SyntheticParams:
     prior_soft: float = 0.3
     prior_zero: float = 0.0
     prior_weights: tuple[float, ...] | None = None  # explicit pmf on the latent grid
+    prior_tilt: float = 0.0  # the prior times exp(prior_tilt * s): a domain's label-prior shift
     duration_median: float = 3.0
     duration_sigma: float = 0.6
     length_jitter: float = 0.1
     law_seed: int = 0
+    shift_seed: int = 0  # picks the directions v_m of the modalities' shifts
     description: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
@@ -128,6 +150,8 @@ class SyntheticParams:
                 raise ValueError(f"synthetic {self.name!r}: {m}.rank must be in [1, dim]")
             if not (0.0 <= law.floor <= 1.0):
                 raise ValueError(f"synthetic {self.name!r}: {m}.floor must be in [0, 1]")
+            if not (law.scale > 0 and np.isfinite(law.scale) and np.isfinite(law.shift)):
+                raise ValueError(f"synthetic {self.name!r}: {m}.scale must be > 0 and shift finite")
             if not (1 <= law.min_len <= law.max_len) or law.dim < 1:
                 raise ValueError(
                     f"synthetic {self.name!r}: {m} needs dim >= 1 and 1 <= min_len <= max_len"
@@ -185,11 +209,27 @@ class SyntheticParams:
             w = np.asarray(self.prior_weights, dtype=np.float64)
             if (w < 0).any() or w.sum() <= 0:
                 raise ValueError(f"synthetic {self.name!r}: prior_weights must be >= 0, not all 0")
-            return w / w.sum()
+            return self._tilt(w / w.sum())
         w = 1.0 / (1.0 + np.exp((np.abs(g) - self.prior_edge) / self.prior_soft))
         w = w / w.sum() * (1.0 - self.prior_zero)
         w[np.argmin(np.abs(g))] += self.prior_zero
+        return self._tilt(w / w.sum())
+
+    def _tilt(self, w: np.ndarray) -> np.ndarray:
+        if not self.prior_tilt:
+            return w
+        w = w * np.exp(self.prior_tilt * self.latent_grid())
         return w / w.sum()
+
+    def shift_directions(self) -> dict[str, np.ndarray]:
+        """The unit direction v_m of each modality's shift (fixed by law_seed, shift_seed)."""
+        order = ("text", "audio", "vision")
+        out = {}
+        for m, law in self.modalities.items():
+            rng = np.random.default_rng([self.law_seed, 0x5F1F7, self.shift_seed, order.index(m)])
+            v = rng.standard_normal(law.dim)
+            out[m] = v / np.linalg.norm(v)
+        return out
 
     def directions(self) -> dict[str, np.ndarray]:
         """The unit direction u_m of each modality (fixed by ``law_seed``)."""
@@ -240,6 +280,21 @@ PRESETS: dict[str, SyntheticParams] = {
 }
 
 
+# synthetic-domains: three recording conditions on synthetic-tiny's shapes (ours)
+DOMAIN_PRESETS: dict[str, dict] = {
+    # the reference condition: synthetic-tiny's law
+    "studio": {},
+    # noisy, loud audio (shifted and amplified), weaker vision cues, more positive labels
+    "phone": dict(modalities={"audio": {"shift": 2.0, "scale": 2.0},
+                              "vision": {"amp": 0.25}},
+                  prior_tilt=0.3, shift_seed=1),
+    # sparser text cues, dim and shifted video, stronger audio, more negative labels
+    "webcam": dict(modalities={"text": {"p_cue": 0.3}, "audio": {"amp": 0.7},
+                               "vision": {"shift": 1.5, "scale": 0.6}},
+                   prior_tilt=-0.3, shift_seed=2),
+}
+
+
 class SyntheticOracle:
     """Bayes-optimal predictor for a :class:`SyntheticParams` law (see the module docstring).
 
@@ -258,6 +313,7 @@ class SyntheticOracle:
         prior = params.prior()
         self.log_prior = np.where(prior > 0, np.log(np.maximum(prior, 1e-300)), -np.inf)
         self.dirs = params.directions()
+        self.shifts = params.shift_directions()
         self.noise_sigma = noise_sigma
 
     def with_noise(self, noise_sigma: float | dict | None) -> SyntheticOracle:
@@ -292,7 +348,9 @@ class SyntheticOracle:
                 continue
             bi, ti = np.nonzero(obs)  # only observed steps are ever read
             zo = _np(x[bi, ti]).astype(np.float64) @ self.dirs[m]  # (k,) projections
-            s2 = self.params.sigma**2 + self._tau(m, noise_sigma) ** 2
+            if law.shift or law.scale != 1.0:  # undo the domain's x -> scale * x + shift * v
+                zo = (zo - law.shift * float(self.shifts[m] @ self.dirs[m])) / law.scale
+            s2 = self.params.sigma**2 + (self._tau(m, noise_sigma) / law.scale) ** 2
             ll = _mixture_loglik(zo, self.latent_grid, law.amp, law.p_cue, s2)
             _segment_add(out, bi, ll)
         return out
@@ -386,6 +444,10 @@ def _gen_split(params: SyntheticParams, ss: np.random.SeedSequence, n: int, tag:
         row = np.nonzero(valid)[0]
         coef = (law.amp * s[row] * cue).astype(np.float32)
         steps += coef[:, None] * B[:, 0][None, :]
+        if law.scale != 1.0:
+            steps *= np.float32(law.scale)
+        if law.shift:
+            steps += np.float32(law.shift) * params.shift_directions()[m].astype(np.float32)
         xm[valid] = steps
         x[m], lengths[m] = xm, L
     ids = [f"{tag}_{i:05d}" for i in range(n)]
@@ -433,6 +495,73 @@ def make_synthetic(
         splits=splits,
         label_scale="mosi",
         oracle=SyntheticOracle(params),
+        info=info,
+    )
+
+
+class DomainOracle:
+    """The Bayes-optimal prediction of each sample under its own domain's law: ``oracles[d]``
+    for the rows whose ``batch.domain`` is d (see the module docstring)."""
+
+    def __init__(self, oracles: list[SyntheticOracle], names: list[str]) -> None:
+        self.oracles, self.names = list(oracles), list(names)
+
+    def __call__(self, batch: Batch, noise_sigma=None) -> np.ndarray:
+        if batch.domain is None:
+            raise ValueError("DomainOracle: the batch carries no domain labels (batch.domain)")
+        dom = _np(batch.domain).astype(np.int64)
+        out = np.zeros(batch.size, dtype=np.float64)
+        for d in np.unique(dom):
+            rows = dom == d
+            out[rows] = self.oracles[int(d)](batch, noise_sigma)[rows]
+        return out
+
+
+def make_synthetic_domains(
+    seed: int = 0, domains: dict[str, dict] | None = None, base: str = "synthetic-tiny",
+    **overrides,
+) -> MSADataset:
+    """``synthetic-domains``: one synthetic law per domain (``DOMAIN_PRESETS`` by default: each
+    entry holds overrides of the ``base`` preset as :func:`make_synthetic` takes them), every
+    domain's rows in every split, labelled by ``SplitData.domain``. ``overrides`` apply to every
+    domain (e.g. ``n=(120, 30, 60)``, per domain)."""
+    seed = _check_seed(seed)
+    domains = DOMAIN_PRESETS if domains is None else domains
+    if not domains:
+        raise ValueError("synthetic-domains: domains must not be empty")
+    laws, parts = [], {s: [] for s in SPLITS}
+    for k, (dname, dover) in enumerate(domains.items()):
+        dover = dict(dover)
+        mods = {**{m: dict(v) for m, v in (overrides.get("modalities") or {}).items()}}
+        for m, v in (dover.pop("modalities", None) or {}).items():
+            mods[m] = {**mods.get(m, {}), **v}
+        kw = {**{k2: v for k2, v in overrides.items() if k2 != "modalities"}, **dover}
+        if mods:
+            kw["modalities"] = mods
+        params = _apply_overrides(dataclasses.replace(PRESETS[base], name=f"synthetic-domains/{dname}"), kw)
+        laws.append(params)
+        root = np.random.SeedSequence([seed, params.law_seed, 0xD0, k])
+        for s, ss, n in zip(SPLITS, root.spawn(len(SPLITS)), params.n, strict=True):
+            parts[s].append(_gen_split(params, ss, int(n), f"synthetic-domains-s{seed}-{dname}-{s}"))
+    names = list(domains)
+    splits = {s: concat_splits(p, domains=list(range(len(p)))) for s, p in parts.items()}
+    default = domains is DOMAIN_PRESETS and base == "synthetic-tiny"
+    suffix = "" if seed == 0 and not overrides and default else f"@seed={seed}" + "".join(
+        f",{k}={overrides[k]}" for k in sorted(overrides)) + ("" if default else f",domains={names}")
+    info = {
+        "synthetic": True,
+        "preset": "synthetic-domains",
+        "seed": seed,
+        "domains": names,
+        "domain_laws": {n: repr(v) for n, v in domains.items()},
+        "overrides": {k: repr(v) for k, v in overrides.items()},
+        "oracle": "Bayes posterior median under each sample's own domain law",
+    }
+    return MSADataset(
+        name="synthetic-domains" + suffix,
+        splits=splits,
+        label_scale="mosi",
+        oracle=DomainOracle([SyntheticOracle(p) for p in laws], names),
         info=info,
     )
 
@@ -508,3 +637,26 @@ for _name, _p in PRESETS.items():
             "sizes": dict(zip(("train", "valid", "test"), p.n, strict=True)),
         },
     )
+
+
+register_dataset(
+    DatasetEntry(
+        name="synthetic-domains",
+        loader=make_synthetic_domains,
+        description=(
+            f"{len(DOMAIN_PRESETS)} synthetic domains ({', '.join(DOMAIN_PRESETS)}) on "
+            f"synthetic-tiny's shapes: known shifts in features, cue strength and label prior; "
+            f"a per-domain Bayes-optimal oracle (domain:A,B->C protocols)"
+        ),
+        source="generated in memory (msakit.data.sources.synthetic)",
+        modalities=tuple(PRESETS["synthetic-tiny"].modalities),
+        synthetic=True,
+    )
+)
+register_summary(
+    "synthetic-domains",
+    lambda root, p=PRESETS["synthetic-tiny"]: {
+        "dims": {m: law.dim for m, law in p.modalities.items()},
+        "sizes": {s: k * len(DOMAIN_PRESETS) for s, k in zip(("train", "valid", "test"), p.n, strict=True)},
+    },
+)

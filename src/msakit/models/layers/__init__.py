@@ -1,13 +1,21 @@
-"""Shared building blocks: masked pooling, the masked attention block and encoder, positions."""
+"""Shared building blocks: masked pooling, the masked attention block and encoder, positions,
+gradient reversal."""
 
 from msakit.models.layers.attention import AttentionBlock, AttentionEncoder, MaskedAttention
-from msakit.models.layers.common import PositionalEncoding, masked_mean, mlp, window_mean
+from msakit.models.layers.common import (
+    PositionalEncoding,
+    grad_reverse,
+    masked_mean,
+    mlp,
+    window_mean,
+)
 
 __all__ = [
     "AttentionBlock",
     "AttentionEncoder",
     "MaskedAttention",
     "PositionalEncoding",
+    "grad_reverse",
     "masked_mean",
     "mlp",
     "window_mean",
