@@ -26,7 +26,7 @@ GROUPS = [
     ("late_fusion", None), ("late_fusion", "frames:random"), ("late_fusion", "modality:0.3"),
     ("mult", None), ("mult", "frames:random"), ("mult", "modality:0.3"),
     ("lnln", "frames:random"), ("hme", "modality:0.3"), ("cyin", "modality:0.3"),
-    ("tfn", None), ("lmf", None),
+    ("tfn", None), ("lmf", None), ("dashfusion", None), ("dashfusion", "modality:0.3"),
     # each model's own training corruption (its config's default_corrupt, e.g. a preset's)
     ("lnln", "default"), ("hme", "default"), ("mult", "default"),
 ]
@@ -110,7 +110,7 @@ def main() -> None:
     groups = [g for g in GROUPS if (a.models is None or g[0] in a.models.split(","))
               and (a.groups is None or tag(*g) in a.groups.split(","))
               and (g[1] != "default" or a.groups is not None)]  # only when asked for
-    cost = {"hme": 0, "mult": 1, "lnln": 2, "cyin": 3, "late_fusion": 4, "tfn": 5, "lmf": 6}  # slowest first
+    cost = {"hme": 0, "mult": 1, "lnln": 2, "cyin": 3, "late_fusion": 4, "tfn": 5, "lmf": 6, "dashfusion": 1}  # slowest first
     groups.sort(key=lambda g: cost.get(g[0], 9))
     t0 = time.time()
     import multiprocessing as mp
