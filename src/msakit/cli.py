@@ -47,7 +47,9 @@ def expand_list_options(argv: list[str]) -> list[str]:
             while not eq and i < len(argv) and not argv[i].startswith("--"):
                 vals.append(argv[i])
                 i += 1
-            parts = [p for v in vals for p in v.split(",") if p.strip()] or [""]
+            parts = [p for v in vals  # a domain:A,B->C protocol keeps its commas
+                     for p in ([v] if v.strip().startswith("domain:") else v.split(","))
+                     if p.strip()] or [""]
             for v in parts:
                 out += [name, v.strip()]
             continue
@@ -224,6 +226,15 @@ def _split_list(values: list[str] | str | None) -> list[str]:
     return [p.strip() for v in values for p in v.split(",") if p.strip()]
 
 
+def _split_protocols(values: list[str] | str | None) -> list[str]:
+    """Like :func:`_split_list`, but a ``domain:A,B->C`` item keeps its commas."""
+    values = [values] if isinstance(values, str) else values or []
+    out: list[str] = []
+    for v in values:
+        out += [v.strip()] if v.strip().startswith("domain:") else _split_list(v)
+    return out
+
+
 def _headline_table(title: str, headline, metrics) -> Table:
     from rich.markup import escape
 
@@ -273,7 +284,10 @@ def matrix(
     dataset: Annotated[str, typer.Option(help="catalog name or file path")],
     models: Annotated[list[str], typer.Option(help="model names, e.g. --models late_fusion mult")],
     out: Annotated[Path, typer.Option(help="output folder (reused to resume)")],
-    protocols: Annotated[list[str], typer.Option(help="protocols, e.g. --protocols frames modality")] = ["frames", "modality", "subset"],  # noqa: B006
+    protocols: Annotated[list[str], typer.Option(
+        help="protocols, e.g. --protocols frames modality; 'domain' trains one run per held-out "
+             "domain (leave-one-domain-out) and sweeps the others over each target, "
+             "'domain:A,B->C' that split only")] = ["frames", "modality", "subset"],  # noqa: B006
     train_corrupt: Annotated[list[str], typer.Option(
         help="comma-separated training corruptions, 'none' for clean, 'default' for the model's own",
     )] = ["none"],  # noqa: B006
@@ -307,7 +321,7 @@ def matrix(
     except ValueError:
         raise ConfigError(f"--seeds {' '.join(seeds)}: expected integers") from None
     res = run_matrix(
-        dataset, _split_list(models), out, protocols=_split_list(protocols),
+        dataset, _split_list(models), out, protocols=_split_protocols(protocols),
         train_corrupt=_split_list(train_corrupt),
         seeds=seed_list, epochs=epochs, levels=lv, overrides=_with_preset(set_, preset),
         protocol_seed=seed,
@@ -320,6 +334,8 @@ def matrix(
     for p in dict.fromkeys(res["headline"].protocol):
         h = res["headline"][res["headline"].protocol == p]
         console.print(_headline_table(f"{p} on {res['dataset']}", h, PLOT_METRICS[scale]))
+    if "domain" in res["protocols"]:
+        console.print(f"wrote {out / 'domain' / 'domains.md'} (.csv): target vs oracle vs in-domain per split")
     console.print(f"wrote {out / 'matrix.md'} and {out / 'matrix.csv'}")
 
 

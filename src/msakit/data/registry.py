@@ -32,6 +32,8 @@ class DatasetEntry:
 DATASETS: Registry[DatasetEntry] = Registry("dataset")
 # path loaders: (predicate(path) -> bool, loader(path, **kw) -> MSADataset)
 PATH_LOADERS: list[tuple[Callable[[Path], bool], Callable[..., MSADataset]]] = []
+# spec prefixes: "join:" -> loader(spec, **kw) -> MSADataset (e.g. join:mosi-text,mosei-text)
+PREFIX_LOADERS: dict[str, Callable[..., MSADataset]] = {}
 
 
 def register_dataset(entry: DatasetEntry) -> DatasetEntry:
@@ -40,6 +42,10 @@ def register_dataset(entry: DatasetEntry) -> DatasetEntry:
 
 def register_path_loader(pred: Callable[[Path], bool], loader: Callable[..., MSADataset]) -> None:
     PATH_LOADERS.append((pred, loader))
+
+
+def register_prefix_loader(prefix: str, loader: Callable[..., MSADataset]) -> None:
+    PREFIX_LOADERS[prefix] = loader
 
 
 def shared_data_candidates() -> list[Path]:
@@ -78,6 +84,9 @@ def load_dataset(name_or_path: str | os.PathLike, **kw) -> MSADataset:
     import msakit.data  # noqa: F401  (registers readers)
 
     key = str(name_or_path)
+    for prefix, loader in PREFIX_LOADERS.items():
+        if key.startswith(prefix):
+            return loader(key, **kw)
     if key in DATASETS:
         entry = DATASETS.get(key)
         return entry.loader(**kw) if entry.synthetic else entry.loader(data_root(entry), **kw)
@@ -92,6 +101,6 @@ def load_dataset(name_or_path: str | os.PathLike, **kw) -> MSADataset:
             f"(y_train.h5, ...), a CMU-MultimodalSDK folder of .csd files, or a label.csv"
         )
     raise UnknownNameError(
-        f"--dataset {key!r} is neither a catalog name nor an existing path; "
-        f"catalog: {', '.join(DATASETS.names())}"
+        f"--dataset {key!r} is neither a catalog name nor an existing path (nor "
+        f"join:A,B of them); catalog: {', '.join(DATASETS.names())}"
     )

@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from msakit.corrupt import parse_protocol
+from msakit.corrupt import parse_domain, parse_protocol
 from msakit.data.batch import collate
 from msakit.data.dataset import MSADataset
 from msakit.data.registry import load_dataset
@@ -172,6 +172,7 @@ class RunGroup:
     dataset: str
     corrupt: str | None
     configs: list[dict] = field(default_factory=list)
+    domain: str | None = None  # the run's domain split ("A,B->C"), trained with --domain
 
 
 def resolve_runs(runs: Sequence[str | os.PathLike | tuple[str, str | os.PathLike]]) -> list[RunGroup]:
@@ -186,9 +187,12 @@ def resolve_runs(runs: Sequence[str | os.PathLike | tuple[str, str | os.PathLike
         models = {c["model"] for c in cfgs}
         if len(models) > 1:
             raise ConfigError(f"--run {path}: seeds of different models {sorted(models)}")
+        doms = {(c.get("train") or {}).get("domain") for c in cfgs}
+        if len(doms) > 1:
+            raise ConfigError(f"--run {path}: seeds trained on different domain splits {sorted(map(str, doms))}")
         groups.append(RunGroup(
             label or "", path, dirs, cfgs[0]["model"], cfgs[0]["dataset"],
-            (cfgs[0].get("train") or {}).get("corrupt"), cfgs,
+            (cfgs[0].get("train") or {}).get("corrupt"), cfgs, doms.pop(),
         ))
     if len({g.path.resolve() for g in groups}) < len(groups):
         raise ConfigError("--run: the same run folder is given twice")
@@ -260,10 +264,20 @@ def sweep(
     device: str | torch.device = "cpu",
     oracle: bool = True,
 ) -> SweepResult:
-    """Evaluate every seed of every run under ``protocol`` at each level (see module doc)."""
+    """Evaluate every seed of every run under ``protocol`` at each level (see module doc).
+
+    Runs trained with a domain split (``--domain A,B->C``) are evaluated on that split's view:
+    ``test`` is the target domains' test rows, ``test_source`` the sources'; all runs of one
+    sweep must share the split."""
     check_eval_options(batch_size, device)
     groups = [r for r in runs if isinstance(r, RunGroup)] or resolve_runs(runs)  # type: ignore[arg-type]
     name = protocol.split(":")[0]
+    if name == "domain":
+        raise ConfigError(
+            f"--protocol {protocol!r}: a domain split is not a missing-data sweep; runs trained "
+            f"with --domain are evaluated on their own split here, and msakit matrix "
+            f"--protocols domain trains one run per held-out domain")
+    domain = check_domains(groups)
     levels_spec = levels
     if isinstance(dataset, MSADataset):
         ds = dataset
@@ -275,6 +289,9 @@ def sweep(
                 f"pass --dataset to evaluate them on one"
             )
         ds = load_dataset(dataset if dataset is not None else groups[0].dataset)
+    full = ds  # what the runs were trained from (load_run_model checks its content hash)
+    if domain is not None and ds.info.get("domain_protocol") != domain:
+        ds = parse_domain(domain).view(ds)
     if split not in ds.splits:
         raise ConfigError(f"--split {split!r}: dataset {ds.name!r} has {list(ds.splits)}")
     levels = parse_levels(levels_spec, protocol, ds.modalities)
@@ -284,7 +301,7 @@ def sweep(
     models = []  # (label, seed, model)
     for g in groups:
         for d, cfg in zip(g.seeds, g.configs, strict=True):
-            model, _ = load_run_model(d, ds)
+            model, _ = load_run_model(d, full)
             if model.input_dims != ds.dims:
                 raise ConfigError(f"--run {d}: trained on dims {model.input_dims}, dataset "
                                   f"{ds.name!r} has {ds.dims}")
@@ -348,10 +365,23 @@ def sweep(
         "protocol": protocol, "levels": levels, "protocol_seed": protocol_seed, "split": split,
         "dataset": ds.name, "label_scale": metric_kind(ds), "n_samples": len(sd),
         "oracle": use_oracle, "batch_size": batch_size, "device": str(device),
+        **({"domain": domain, "domains": full.info.get("domains")} if domain else {}),
+        **({"label_scale_map": ds.info["label_scale_map"]} if "label_scale_map" in ds.info else {}),
         "runs": [{"label": g.label, "path": str(g.path), "model": g.model, "train_corrupt": g.corrupt,
                   "seeds": [str(c.get("seed")) for c in g.configs]} for g in groups],
     }
     return SweepResult(per_seed, summary, headline, meta, t)
+
+
+def check_domains(groups: Sequence[RunGroup]) -> str | None:
+    """The one domain split every run was trained on (None: trained without one); runs on
+    different splits see different test rows and are refused."""
+    doms = {g.domain for g in groups}
+    if len(doms) > 1:
+        have = ", ".join(f"{g.label}: {g.domain or 'no domain split'}" for g in groups)
+        raise ConfigError(f"--run: the runs were trained on different domain splits ({have}); "
+                          f"sweep runs of one split together")
+    return doms.pop() if doms else None
 
 
 def check_eval_options(batch_size: int, device: str | torch.device) -> torch.device:
@@ -393,6 +423,13 @@ def write_sweep(
     write_text(paths["seeds"], res.per_seed.to_csv(index=False, float_format="%.10g", lineterminator="\n"))
     note = (f"Protocol `{m['protocol']}`, protocol seed {m['protocol_seed']}, {m['n_samples']} "
             f"{m['split']} samples; columns are levels, `mean` is the mean over levels.")
+    if m.get("domain"):
+        rows = "the target domains'" if m["split"] == "test" else "the source domains'" \
+            if m["split"] == "test_source" else "the"
+        note += (f" Runs trained on domain split `{m['domain']}`; `{m['split']}` holds {rows} "
+                 f"{'test' if m['split'].startswith('test') else m['split']} rows.")
+    if m.get("label_scale_map"):
+        note += f" Labels on one scale: {'; '.join(m['label_scale_map'].values())}."
     write_text(paths["md"], sweep_markdown(res.summary, res.headline, table_metrics, title, note))
     write_text(paths["tex"], sweep_latex(res.summary, res.headline, table_metrics, title))
     plot_sweep(res.summary, plot_metrics, paths["png"], title)

@@ -87,7 +87,11 @@ def train(
     if epochs is not None:
         tcfg.epochs = epochs
     if corrupt is not None:
-        dom, rest = split_domain(parse_protocol(corrupt))
+        try:
+            parsed = parse_protocol(corrupt)
+        except (ValueError, KeyError) as e:  # one line naming the option, as TrainConfig does
+            raise ConfigError(f"--corrupt {corrupt!r}: {e.args[0] if e.args else e}") from None
+        dom, rest = split_domain(parsed)
         if dom is not None:
             if domain is not None and parse_domain(domain).level != dom.level:
                 raise ConfigError(f"--corrupt {corrupt!r} and --domain {domain!r} name different "
@@ -124,6 +128,11 @@ def train(
             "corrupt": want["train"]["corrupt"],
             "normalize": want["normalize"],
             "protocol": "clean (no corruption at evaluation)",
+            # which scale the metrics are on (and how joined datasets' labels were mapped)
+            "label_scale": (f"classes {list(ds.classes)}" if ds.classes else
+                            f"{ds.label_scale} [{ds.label_range[0]:g}, {ds.label_range[1]:g}]"),
+            **({"label_scale_map": ds.info["label_scale_map"]}
+               if "label_scale_map" in ds.info else {}),
             **({"domain": want["train"]["domain"], "splits": (
                 "train/valid: the source domains' rows; test: the target domains' test rows "
                 "(out of domain); test_source: the source domains' test rows (in domain)")}
