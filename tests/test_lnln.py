@@ -62,6 +62,17 @@ def test_shapes_tiny_config():
     assert {m: t.shape for m, t in out.extras["tokens"].items()} == {m: (5, 4, 16) for m in DIMS}
 
 
+def test_the_tokens_of_a_sample_differ():
+    """The n input-construction tokens and the n proxy tokens of one sample are n different
+    vectors (zero-initialised learnable tokens without positions stayed n copies of one)."""
+    model, b = tiny_model(), clean_batch()
+    with torch.no_grad():
+        out = model(b)
+    for m, t in {**out.extras["tokens"], "proxy": out.extras["h_d"]}.items():
+        spread = (t - t.mean(1, keepdim=True)).abs().amax(-1)  # (B, n): distance from the mean
+        assert (spread > 1e-3).all(), m
+
+
 def test_completeness_target_is_one_minus_realised_language_missing_rate():
     model = tiny_model(w_adversarial=0.0, w_reconstruction=0.0, w_pred=0.0, w_completeness=1.0)
     b = clean_batch()

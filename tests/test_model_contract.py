@@ -54,6 +54,8 @@ TINY: dict[str, dict] = {
     "self_mm": dict(audio_hidden=4, vision_hidden=4, audio_out=4, vision_out=4,
                     post_fusion_dim=16, text_post_dim=4, audio_post_dim=4,
                     vision_post_dim=4, text_post_dropout=0.0, audio_post_dropout=0.0),
+    "almt": dict(d=16, n_tokens=4, heads=2, dim_head=8, ff=16, ahl_depth=2, fusion_depth=1,
+                 fusion_ff=16),
 }
 SHAPES = {"text": (8, 16), "audio": (12, 4), "vision": (10, 6)}
 DIMS = {m: D for m, (_, D) in SHAPES.items()}
@@ -421,3 +423,42 @@ def test_mult_state_dict_roundtrip_gives_same_predictions():
     assert not torch.allclose(predict(other, b), predict(model, b))
     other.load_state_dict(copy.deepcopy(model.state_dict()))
     torch.testing.assert_close(predict(other, b), predict(model, b))
+
+
+# ------------------------------------------------------------------ MMSA baselines' sizes (issue 13)
+MOSI_DIMS = {"text": 768, "audio": 5, "vision": 20}
+
+
+def n_params(name: str, **kw) -> int:
+    return sum(p.numel() for p in create_model(name, MOSI_DIMS, **kw).parameters())
+
+
+def test_misa_size_matches_mmsa_mosi():
+    """MMSA 2.2.1's MISA on MOSI (768/5/20, hidden 128, BERT excluded) has 1,138,033
+    parameters (1,138,803 with 3 classes). msakit drops its unused ``tlayer_norm`` (2 x 1536)
+    and its never-trained ``sp_discriminator`` (128 x 4 + 4) and adds the missing vectors
+    (3 x 128)."""
+    assert n_params("misa") == 1_138_033 - 2 * 1536 - (128 * 4 + 4) + 3 * 128
+    assert n_params("misa", n_classes=3) == 1_138_803 - 2 * 1536 - (128 * 4 + 4) + 3 * 128
+    assert n_params("misa", preset="paper") == n_params("misa")
+
+
+def test_self_mm_size_matches_mmsa_mosi():
+    """MMSA 2.2.1's Self-MM on MOSI (768/5/20, BERT excluded: the text representation is the
+    768-d feature itself) has 159,332 parameters; msakit adds the missing vectors (text 768 +
+    audio 16 + vision 32). MMSA's heads are scalar only; ours give K logits when classifying
+    (K = 3: each of the 4 heads' last layer gains 2 x (its width + 1))."""
+    assert n_params("self_mm") == 159_332 + 768 + 16 + 32
+    assert n_params("self_mm", preset="paper") == n_params("self_mm")
+    assert n_params("self_mm", n_classes=3) == n_params("self_mm") + 2 * (128 + 32 + 16 + 32 + 4)
+
+
+def test_almt_size_matches_mmsa_mosi():
+    """MMSA master's ALMT on MOSI (768/5/20, BERT excluded) has 2,603,649 parameters. msakit
+    has no learned position tables for the step sequences ((50 + 8 + 375 + 8 + 500 + 8) x 128:
+    sinusoidal positions for steps, the 8 tokens start from N(0, 1)) and one LayerNorm where
+    MMSA normalises q, k and v separately (5 self-attention layers x 2 x 256, 2 cross layers x
+    256); it adds nothing for missing modalities."""
+    lost = (50 + 8 + 375 + 8 + 500 + 8) * 128 + 5 * 2 * 256 + 2 * 256
+    assert n_params("almt") == 2_603_649 - lost == 2_479_105
+    assert n_params("almt", preset="paper") == n_params("almt")

@@ -49,6 +49,10 @@ Ours:
   positions for the fixed token sets; one LayerNorm before self-attention (the reference
   normalises q, k and v separately); hyper tokens start from N(0, 1), not ones (a constant row
   through the first LayerNorm gives its weight no gradient).
+- the learnable input-construction and proxy tokens start from N(0, 1): in the reference they
+  are distinct through its learned position table; here they have no positions, and from
+  zeros the n tokens stayed identical through training (a bug until 2026-11-30: LNLN numbers
+  in BENCHMARKS.md computed before then used n copies of one token).
 - the proxy generator's transformer runs over [8 learnable output tokens; h_a; h_v]; the
   reference also feeds a second set of 8 learned tokens as extra keys.
 - r_l is the realised missing rate of the batch's masks, not the rate drawn for the sample.
@@ -96,7 +100,7 @@ from msakit.errors import ConfigError
 from msakit.models.base import ModelConfig, MSAModel, Output, register_model
 from msakit.models.layers import (
     AttentionEncoder,
-    MaskedAttention,
+    HyperModalityLayer,
     PositionalEncoding,
     grad_reverse,
 )
@@ -178,7 +182,7 @@ class _TokenEncoder(nn.Module):
 
     def __init__(self, c: LNLNConfig, n: int, seq_len: int) -> None:
         super().__init__()
-        self.tokens = nn.Parameter(torch.zeros(1, n, c.d))
+        self.tokens = nn.Parameter(torch.randn(1, n, c.d))  # distinct: no positions of their own
         self.pos = nn.Parameter(torch.randn(1, seq_len, c.d))
         self.enc = _encoder(c)
 
@@ -202,7 +206,7 @@ class _StepEncoder(nn.Module):
         super().__init__()
         self.proj = nn.Linear(dim_in, c.d)
         self.pos = PositionalEncoding(c.d)
-        self.tokens = nn.Parameter(torch.zeros(1, n, c.d))
+        self.tokens = nn.Parameter(torch.randn(1, n, c.d))  # distinct: no positions of their own
         self.enc = _encoder(c)
         self.buckets = c.buckets
 
@@ -229,24 +233,6 @@ class _StepEncoder(nn.Module):
             kp = torch.cat([kp.new_ones(len(g), n), kp], 1)
             outs.append(self.enc(h, keep=kp, n_out=n))
         return torch.cat(outs, 0)[torch.argsort(rows)]
-
-
-class _HyperLayer(nn.Module):
-    """ALMT hyper-modality update: the dominant tokens query each auxiliary modality's tokens
-    (one attention with a source per modality); the summed answers shift the (normalised)
-    hyper tokens."""
-
-    def __init__(self, d: int, heads: int, aux: tuple[str, ...]) -> None:
-        super().__init__()
-        self.norm_dom, self.norm_hyper = nn.LayerNorm(d), nn.LayerNorm(d)
-        self.norm_aux = nn.ModuleDict({m: nn.LayerNorm(d) for m in aux})
-        self.attn = MaskedAttention(d, heads, bias=False, sources=len(aux), init="default")
-
-    def forward(
-        self, dom: torch.Tensor, aux: dict[str, torch.Tensor], hyper: torch.Tensor
-    ) -> torch.Tensor:
-        src = [norm(aux[m]) for m, norm in self.norm_aux.items()]
-        return self.norm_hyper(hyper) + self.attn(self.norm_dom(dom), None, src)
 
 
 @register_model("lnln", LNLNConfig)
@@ -294,7 +280,7 @@ class LNLN(MSAModel):
         self.lang_pos = nn.Parameter(torch.randn(1, n, d))
         self.lang_enc = _encoder(c)
         self.hyper_tokens = nn.Parameter(torch.randn(1, n, d))
-        self.hyper = nn.ModuleList(_HyperLayer(d, c.heads, self.aux) for _ in range(c.depth + 1))
+        self.hyper = nn.ModuleList(HyperModalityLayer(d, c.heads, self.aux) for _ in range(c.depth + 1))
         self.cross_token = nn.Parameter(torch.zeros(1, 1, d))
         self.cross_pos_src = nn.Parameter(torch.randn(1, n + 1, d))
         self.cross_pos_tgt = nn.Parameter(torch.randn(1, n + 1, d))

@@ -1,7 +1,12 @@
 """Shared building blocks: masked pooling, the masked attention block and encoder, positions,
 gradient reversal."""
 
-from msakit.models.layers.attention import AttentionBlock, AttentionEncoder, MaskedAttention
+from msakit.models.layers.attention import (
+    AttentionBlock,
+    AttentionEncoder,
+    HyperModalityLayer,
+    MaskedAttention,
+)
 from msakit.models.layers.common import (
     PositionalEncoding,
     grad_reverse,
@@ -13,6 +18,7 @@ from msakit.models.layers.common import (
 __all__ = [
     "AttentionBlock",
     "AttentionEncoder",
+    "HyperModalityLayer",
     "MaskedAttention",
     "PositionalEncoding",
     "grad_reverse",

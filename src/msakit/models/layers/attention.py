@@ -303,3 +303,21 @@ class AttentionEncoder(nn.Module):
             return x
         states[-1] = x
         return states
+
+
+class HyperModalityLayer(nn.Module):
+    """ALMT's adaptive hyper-modality layer (lnln, almt): the dominant tokens query each
+    auxiliary modality's tokens (one attention with a source per modality); the summed answers
+    shift the (normalised) hyper tokens."""
+
+    def __init__(self, d: int, heads: int, aux: tuple[str, ...]) -> None:
+        super().__init__()
+        self.norm_dom, self.norm_hyper = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.norm_aux = nn.ModuleDict({m: nn.LayerNorm(d) for m in aux})
+        self.attn = MaskedAttention(d, heads, bias=False, sources=len(aux), init="default")
+
+    def forward(
+        self, dom: torch.Tensor, aux: dict[str, torch.Tensor], hyper: torch.Tensor
+    ) -> torch.Tensor:
+        src = [norm(aux[m]) for m, norm in self.norm_aux.items()]
+        return self.norm_hyper(hyper) + self.attn(self.norm_dom(dom), None, src)
