@@ -118,6 +118,7 @@ from msakit.models.layers import (
     PositionalEncoding,
     masked_mean,
     mlp,
+    observed_first,
 )
 from msakit.models.layers.attention import attention_mask
 from msakit.models.layers.retrieval import RETRIEVERS, Retriever, make_retriever
@@ -290,7 +291,7 @@ class DashFusion(MSAModel):
         streams, keeps, fused, views, view_has = self.embed(batch)
         # the fused stream with its observed tokens first, in order (start token first)
         keep = keeps[self.lead]
-        order = torch.argsort((~keep).to(torch.uint8), dim=1, stable=True)
+        order = observed_first(keep)
         q = fused.gather(1, order.unsqueeze(-1).expand_as(fused))
         q_keep = keep.gather(1, order)
         srcs = [streams[m] for m in self.mods]

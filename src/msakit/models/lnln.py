@@ -103,6 +103,7 @@ from msakit.models.layers import (
     HyperModalityLayer,
     PositionalEncoding,
     grad_reverse,
+    observed_first,
 )
 
 
@@ -218,7 +219,7 @@ class _StepEncoder(nn.Module):
             )
         count = keep.sum(1)
         # per row: observed step indices first, in time order
-        order = torch.argsort((~keep).to(torch.uint8), dim=1, stable=True)
+        order = observed_first(keep)
         rows = torch.argsort(count, stable=True)
         outs = []
         # one group per 64 steps of the longest row, at most ``buckets`` (short ones: one)

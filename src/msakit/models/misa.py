@@ -80,12 +80,11 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
 from msakit.data.batch import Batch
 from msakit.errors import ConfigError
 from msakit.models.base import ModelConfig, MSAModel, Output, register_model
-from msakit.models.layers import masked_mean, window_mean
+from msakit.models.layers import masked_mean, pack_observed, window_mean
 
 
 @dataclass
@@ -134,16 +133,6 @@ class MISAConfig(ModelConfig):
             raise ConfigError(f"misa: hidden={self.hidden} must be divisible by heads={self.heads}")
 
 
-def _pack_observed(x: torch.Tensor, obs: torch.Tensor) -> PackedSequence:
-    """(B, L, D) steps and (B, L) observed -> a PackedSequence of each row's observed steps in
-    time order (rows with none get one zero step; the caller replaces their output)."""
-    x = x.masked_fill(~obs.unsqueeze(-1), 0.0)
-    order = torch.argsort((~obs).to(torch.uint8), dim=1, stable=True)  # observed first
-    x = x.gather(1, order.unsqueeze(-1).expand_as(x))
-    n = obs.sum(1).clamp_min(1).cpu()
-    return pack_padded_sequence(x, n, batch_first=True, enforce_sorted=False)
-
-
 class SequenceExtractor(nn.Module):
     """MMSA's ``extract_features``: BiLSTM -> LayerNorm on its outputs -> BiLSTM over the
     observed steps; returns [h1 fwd, h2 fwd, h1 bwd, h2 bwd] (B, 4 x hidden)."""
@@ -155,7 +144,7 @@ class SequenceExtractor(nn.Module):
         self.rnn2 = nn.LSTM(2 * hidden, hidden, bidirectional=True, batch_first=True)
 
     def forward(self, x: torch.Tensor, obs: torch.Tensor) -> torch.Tensor:
-        out1, (h1, _) = self.rnn1(_pack_observed(x, obs))
+        out1, (h1, _) = self.rnn1(pack_observed(x, obs))
         # the LayerNorm acts per step, so it can run on the packed steps directly
         _, (h2, _) = self.rnn2(out1._replace(data=self.norm(out1.data)))
         h = torch.cat([h1, h2], dim=2)  # (2 directions, B, 2 x hidden)

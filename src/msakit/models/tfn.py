@@ -61,11 +61,10 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.utils.rnn import pack_padded_sequence
 
 from msakit.data.batch import Batch
 from msakit.models.base import ModelConfig, MSAModel, Output, register_model
-from msakit.models.layers import masked_mean
+from msakit.models.layers import masked_mean, pack_observed
 
 
 @dataclass
@@ -113,14 +112,7 @@ class TextSubNet(nn.Module):
         self.linear_1 = nn.Linear(hidden, out)
 
     def forward(self, x: torch.Tensor, obs: torch.Tensor) -> torch.Tensor:
-        b, L, _ = x.shape
-        x = x.masked_fill(~obs.unsqueeze(-1), 0.0)
-        steps = torch.arange(L, device=x.device).expand(b, L)
-        order = torch.where(obs, steps, steps + L).argsort(1)  # observed first, in time order
-        x = x.gather(1, order.unsqueeze(-1).expand_as(x))
-        n = obs.sum(1).clamp_min(1).cpu()
-        packed = pack_padded_sequence(x, n, batch_first=True, enforce_sorted=False)
-        _, (h, _) = self.rnn(packed)
+        _, (h, _) = self.rnn(pack_observed(x, obs))
         return self.linear_1(self.dropout(h[-1]))
 
 

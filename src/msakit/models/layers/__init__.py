@@ -12,6 +12,8 @@ from msakit.models.layers.common import (
     grad_reverse,
     masked_mean,
     mlp,
+    observed_first,
+    pack_observed,
     window_mean,
 )
 
@@ -24,5 +26,7 @@ __all__ = [
     "grad_reverse",
     "masked_mean",
     "mlp",
+    "observed_first",
+    "pack_observed",
     "window_mean",
 ]

@@ -8,6 +8,7 @@ import math
 
 import torch
 from torch import nn
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -83,3 +84,19 @@ class _GradReverse(torch.autograd.Function):
 def grad_reverse(x: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
     """Identity forward; multiplies the gradient by ``-alpha`` on the way back."""
     return _GradReverse.apply(x, alpha)
+
+
+def observed_first(obs: torch.Tensor) -> torch.Tensor:
+    """(B, L) observed mask -> (B, L) step indices: each row's observed steps first, in time
+    order, then the others."""
+    return torch.argsort((~obs).to(torch.uint8), dim=1, stable=True)
+
+
+def pack_observed(x: torch.Tensor, obs: torch.Tensor) -> PackedSequence:
+    """(B, L, D) steps and (B, L) observed -> a PackedSequence of each row's observed steps in
+    time order, so an RNN reads neither padding nor dropped steps (rows with none get one zero
+    step: the caller replaces their output)."""
+    x = x.masked_fill(~obs.unsqueeze(-1), 0.0)
+    x = x.gather(1, observed_first(obs).unsqueeze(-1).expand_as(x))
+    n = obs.sum(1).clamp_min(1).cpu()
+    return pack_padded_sequence(x, n, batch_first=True, enforce_sorted=False)
