@@ -21,7 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 # (dataset, models, epochs): the synthetic benchmark gets every model, real data two of them
 PLAN = (
-    ("synthetic-tiny", ("late_fusion", "mult", "lnln", "hme", "cyin"), 5),
+    ("synthetic-tiny", ("late_fusion", "mult", "lnln", "hme", "cyin", "dashfusion"), 5),
     ("mosi-bclstm", ("late_fusion", "cyin"), 5),
 )
 SWEEP = ("synthetic-tiny", "modality")
