@@ -147,7 +147,8 @@ def main() -> None:
     ap.add_argument("--child", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child:
-        print(json.dumps(measure(*parse_spec(a.child), a.batch, a.steps, a.threads)))
+        name, overrides = parse_spec(a.child)
+        print(json.dumps(measure(name, a.batch, a.steps, overrides, a.threads)))
         return
     peak = matmul_peak_gflops(a.threads)
     print(f"float32 matmul peak ({a.threads} thread(s)): {peak:.1f} GFLOP/s", flush=True)
