@@ -139,7 +139,8 @@ class LMF(MSAModel):
             sq = sum(
                 (p * p).sum()
                 for n, p in self.named_parameters()
-                if p.requires_grad and not n.startswith("subnets.missing.")
+                if p.requires_grad
+                and not n.startswith(("subnets.missing.", "text_encoder."))  # LMF's own weights
             )
             terms["l2"] = 0.5 * self.config.l2 * sq
             terms["total"] = reg + terms["l2"]
