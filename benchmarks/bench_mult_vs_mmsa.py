@@ -424,12 +424,9 @@ def main(argv: list[str] | None = None) -> None:
         print()
         print(markdown(res))
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=args.out.parent, prefix=f".{args.out.name}.", suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            json.dump(res, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, args.out)
+        from msakit.fileio import write_json
+
+        write_json(args.out, res)
     errors = [k for k, r in res["runs"].items() if "error" in r]
     if errors:
         for k in errors:

@@ -223,7 +223,9 @@ def test_self_mm_ulgm_update_follows_the_paper_and_only_in_training():
     assert all(t[f"unimodal_{m}"] > 0 for m in model.mods)
 
 
-def test_self_mm_other_splits_never_read_or_write_the_memory():
+def _self_mm_with_moved_labels():
+    """A Self-MM model whose ULGM memory holds 8 training samples and has moved once (epoch 1),
+    the batch of those samples and the engine context."""
     split = make_split(8, 0)
     model = build("self_mm")
     ctx = context_for(split)
@@ -233,6 +235,11 @@ def test_self_mm_other_splits_never_read_or_write_the_memory():
     model.loss(model(b), b)
     model.on_train_epoch_start(1, ctx)
     model.loss(model(b), b)  # labels move
+    return model, b, ctx
+
+
+def test_self_mm_other_splits_never_read_or_write_the_memory():
+    model, b, ctx = _self_mm_with_moved_labels()
     before = memory(model)
     other = make_batch(ALL, make_split(8, 5))  # same row indices, other samples
     assert (model.memory_rows(other) == -1).all()
@@ -244,15 +251,7 @@ def test_self_mm_other_splits_never_read_or_write_the_memory():
 
 
 def test_self_mm_memory_is_saved_and_restored():
-    split = make_split(8, 0)
-    model = build("self_mm")
-    ctx = context_for(split)
-    model.on_train_epoch_start(0, ctx)
-    model.train()
-    b = make_batch(ALL, split)
-    model.loss(model(b), b)
-    model.on_train_epoch_start(1, ctx)
-    model.loss(model(b), b)
+    model, b, ctx = _self_mm_with_moved_labels()
     state = model.state_dict()
     fresh = create_model("self_mm", DIMS, **TINY["self_mm"])
     fresh.load_state_dict(state)  # resizes the empty memory to the saved one
