@@ -34,6 +34,8 @@ class SplitData:
     the unknown token of their tokenizer (what the missing-data protocols write over a dropped
     token). raw_text: optional N transcripts (a trainable text encoder tokenises them).
     domain: optional (N,) int64 domain index (MIDG).
+    prompt_text: optional N cue texts written for the samples by ``msakit prompts`` (MMSLF);
+    prompt_ids / prompt_ids_mask: (N, L_p) their token ids, filled by a model that reads them.
     """
 
     x: dict[str, np.ndarray]
@@ -47,6 +49,9 @@ class SplitData:
     domain: np.ndarray | None = None
     raw_text: list[str] | None = None
     text_unk_id: int | None = None
+    prompt_text: list[str] | None = None
+    prompt_ids: np.ndarray | None = None
+    prompt_ids_mask: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         try:
@@ -97,12 +102,15 @@ class SplitData:
                 if v.shape != (n,):
                     raise DataError(
                         f"SplitData: {name}[{m!r}] must have N={n} entries, got {v.shape}")
-        for name in ("text_ids", "text_ids_mask", "domain", "raw_text"):
+        for name in ("text_ids", "text_ids_mask", "domain", "raw_text", "prompt_text",
+                     "prompt_ids", "prompt_ids_mask"):
             v = getattr(self, name)
             if v is not None and len(v) != n:
                 raise DataError(f"SplitData: {name} must have N={n} rows, got {len(v)}")
         if (self.text_ids is None) != (self.text_ids_mask is None):
             raise DataError("SplitData: text_ids and text_ids_mask come together")
+        if (self.prompt_ids is None) != (self.prompt_ids_mask is None):
+            raise DataError("SplitData: prompt_ids and prompt_ids_mask come together")
 
     def __repr__(self) -> str:
         mods = ", ".join(f"{m} {a.shape[1]}x{a.shape[2]}" for m, a in self.x.items())
@@ -141,6 +149,9 @@ class SplitData:
             domain=take(self.domain),
             raw_text=None if self.raw_text is None else [self.raw_text[i] for i in idx],
             text_unk_id=self.text_unk_id,
+            prompt_text=None if self.prompt_text is None else [self.prompt_text[i] for i in idx],
+            prompt_ids=take(self.prompt_ids),
+            prompt_ids_mask=take(self.prompt_ids_mask),
         )
 
 
@@ -151,7 +162,8 @@ class Batch:
     x[m]: (B, L_m, D_m) float; mask[m]: (B, L_m) bool, True where a step is observed;
     present[m]: (B,) bool; y: (B,); ids: list of B strings; index: (B,) row indices in the split.
     A modality that is not present has an all-False mask row. text_ids / text_ids_mask:
-    (B, L_t) token ids (see :class:`SplitData`). corruption: what the missing-data protocols
+    (B, L_t) token ids (see :class:`SplitData`); prompt_ids / prompt_ids_mask: (B, L_p) the
+    tokens of each sample's cue text (MMSLF's teacher; never read at evaluation). corruption: what the missing-data protocols
     did (None for data as read); prepared: the model has already encoded and normalised it.
     """
 
@@ -166,6 +178,8 @@ class Batch:
     text_ids_mask: torch.Tensor | None = None
     domain: torch.Tensor | None = None
     text_unk_id: int | None = None
+    prompt_ids: torch.Tensor | None = None
+    prompt_ids_mask: torch.Tensor | None = None
     corruption: Corruption | None = None
     prepared: bool = False
 
@@ -240,13 +254,16 @@ def collate(split: SplitData, idx: np.ndarray | list[int], trim: bool = True) ->
         x[m] = xm * mk[..., None]
         mask[m] = mk & pres[:, None]
         present[m] = pres
-    text_ids = text_ids_mask = None
-    if split.text_ids is not None:
-        tm = split.text_ids_mask[idx]
+    def tokens(ids, ids_mask):
+        if ids is None:
+            return None, None
+        tm = ids_mask[idx]
         cols = np.flatnonzero(tm.any(0))
         L = int(cols[-1]) + 1 if trim and len(cols) else tm.shape[1]
-        text_ids = torch.from_numpy(split.text_ids[idx, :L]).long()
-        text_ids_mask = torch.from_numpy(tm[:, :L]).bool()
+        return torch.from_numpy(ids[idx, :L]).long(), torch.from_numpy(tm[:, :L]).bool()
+
+    text_ids, text_ids_mask = tokens(split.text_ids, split.text_ids_mask)
+    prompt_ids, prompt_ids_mask = tokens(split.prompt_ids, split.prompt_ids_mask)
     return Batch(
         x=x,
         mask=mask,
@@ -259,6 +276,8 @@ def collate(split: SplitData, idx: np.ndarray | list[int], trim: bool = True) ->
         text_ids_mask=text_ids_mask,
         domain=None if split.domain is None else torch.from_numpy(split.domain[idx]).long(),
         text_unk_id=split.text_unk_id,
+        prompt_ids=prompt_ids,
+        prompt_ids_mask=prompt_ids_mask,
     )
 
 
@@ -325,4 +344,5 @@ def concat_splits(parts: list[SplitData], domains: list[int] | None = None) -> S
         text_ids=text_ids, text_ids_mask=text_mask, domain=dom,
         raw_text=None if any(p.raw_text is None for p in parts) else [t for p in parts for t in p.raw_text],
         text_unk_id=parts[0].text_unk_id if ids_ok else None,
+        prompt_text=None if any(p.prompt_text is None for p in parts) else [t for p in parts for t in p.prompt_text],
     )

@@ -550,8 +550,12 @@ def fit_seed(
     tcfg: TrainConfig | None = None,
     overrides: dict | None = None,
     verbose: bool = False,
+    callbacks: list | None = None,
 ) -> RunResult:
     """Train (or resume, or reuse when finished) one seed into ``run_dir``.
+
+    ``callbacks``: extra Lightning callbacks for this fit (e.g. Optuna's pruning callback);
+    they see the same ``val/<metric>`` logs as checkpoint selection.
 
     A run folder holds one config: resuming or reusing it with another config, or with a
     dataset whose content changed, raises :class:`RunError` naming what differs."""
@@ -578,10 +582,12 @@ def fit_seed(
                 return RunResult(run_dir, read_json(run_dir / "metrics.json"), old)
         else:
             write_json(run_dir / "config.json", cfg)
-        return _fit(model_name, dataset, seed, run_dir, tcfg, overrides, cfg, verbose)
+        return _fit(model_name, dataset, seed, run_dir, tcfg, overrides, cfg, verbose,
+                    callbacks or [])
 
 
-def _fit(model_name, dataset, seed, run_dir, tcfg, overrides, cfg, verbose) -> RunResult:
+def _fit(model_name, dataset, seed, run_dir, tcfg, overrides, cfg, verbose,
+         extra_callbacks) -> RunResult:
     L.seed_everything(seed, workers=True, verbose=False)
     if tcfg.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
@@ -604,7 +610,7 @@ def _fit(model_name, dataset, seed, run_dir, tcfg, overrides, cfg, verbose) -> R
     early = L.pytorch.callbacks.EarlyStopping(
         monitor=select, mode=lit.mode, patience=tcfg.patience, check_finite=False
     )
-    callbacks: list[L.Callback] = [ckpt_cb, early]
+    callbacks: list[L.Callback] = [ckpt_cb, early, *extra_callbacks]
     budget = _TimeBudget(tcfg.max_time_s) if tcfg.max_time_s else None
     if budget:
         callbacks.append(budget)
