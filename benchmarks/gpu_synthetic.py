@@ -27,6 +27,7 @@ GROUPS = [
     ("mult", None), ("mult", "frames:random"), ("mult", "modality:0.3"),
     ("lnln", "frames:random"), ("hme", "modality:0.3"), ("cyin", "modality:0.3"),
     ("tfn", None), ("lmf", None), ("dashfusion", None), ("dashfusion", "modality:0.3"),
+    ("misa", None), ("self_mm", None), ("almt", None),
     # each model's own training corruption (its config's default_corrupt, e.g. a preset's)
     ("lnln", "default"), ("hme", "default"), ("mult", "default"),
 ]
