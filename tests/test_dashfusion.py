@@ -302,12 +302,43 @@ def test_config_errors_name_the_field():
         create_model("dashfusion", {"text": 8})
 
 
-def test_size_at_mosi_shapes():
-    """2,468,737 parameters at MOSI's 768/5/20. The reference (ultramarineX/DashFusion,
-    MOSI config) has 2,482,433 besides BERT (111,964,673 with bert-base-uncased), of which
-    112,256 are learned position tables and 70,016 are never used in its forward pass."""
+# msakit's modules at MOSI's 768/5/20, as the module docstring reconciles them with the
+# reference's (ultramarineX/DashFusion, MOSI config, its model class built with BERT stubbed)
+MOSI_SIZES = {
+    "proj.text": 114_944,  # = the reference's text projector
+    "proj.audio": 768, "proj.vision": 2_688,  # = its encoders' input projections (pos_encoder)
+    "enc.audio": 265_216, "enc.vision": 265_216,  # = its 2 torch layers + final LayerNorm
+    "start": 384,  # the reference: audio and vision cls tokens (256), BERT's [CLS] for text
+    "align": 196_736,  # = its temporal alignment without the unused ffn, norm1, norm2
+    "q_self": 264_960, "q_cross": 396_800, "back": 796_416,  # reference 231,936/362,240/695,808
+    "out_norm": 256,  # ours only
+    "head": 164_353,  # = its classifier
+}
+
+
+def test_size_at_mosi_shapes_reconciles_with_the_reference():
+    """2,468,737 parameters at MOSI's 768/5/20. The reference has 2,482,433 besides BERT
+    (111,964,673 with bert-base-uncased): 112,256 of them learned position tables and 70,016
+    never used in its forward pass, which we lack; the 168,576 we hold instead are the output
+    projections of the 10 fusion attentions, the fusion blocks' extra LayerNorms, the head
+    tokens' LayerNorm and the text start token."""
     m = create_model("dashfusion", {"text": 768, "audio": 5, "vision": 20})
-    assert sum(p.numel() for p in m.parameters()) == 2_468_737
+    n = lambda mod: sum(p.numel() for p in mod.parameters())  # noqa: E731
+    sizes = {f"{k}.{mod}": n(sub) for k in ("proj", "enc") for mod, sub in getattr(m, k).items()}
+    sizes.update({k: n(c) for k, c in m.named_children() if k not in ("proj", "enc")})
+    sizes.update({k: p.numel() for k, p in m.named_parameters(recurse=False)})
+    assert {k: v for k, v in sizes.items() if v} == MOSI_SIZES
+    assert n(m) == sum(MOSI_SIZES.values()) == 2_468_737
+    # the fusion's 10 attentions (2 self, 2 multi-source, 3 x 2 back) each have an output
+    # projection the reference lacks; its fusion blocks have 2 LayerNorms each (post-norm)
+    fusion = [*m.q_self, *m.q_cross, *(b for level in m.back for b in level.values())]
+    assert len(fusion) == 10
+    out_proj = sum(n(b.attn.out_proj) for b in fusion)
+    norms = sum(n(x) for b in fusion for x in b.modules() if isinstance(x, torch.nn.LayerNorm))
+    extra_norms = norms - 10 * 2 * 256 + n(m.out_norm)
+    assert out_proj == 10 * 16_512 and extra_norms == 3_328
+    text_start = m.start[m.mods.index("text")].numel()
+    assert 2_482_433 - 112_256 - 70_016 + out_proj + extra_norms + text_start == n(m)
 
 
 # ------------------------------------------------------------------ through the engine

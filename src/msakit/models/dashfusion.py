@@ -77,8 +77,10 @@ AdamW with weight decay 1e-3 (none on biases and norms), similarity rebuilt ever
 2 + 2 + 2 samples drawn from the top 10.
 
 Ours: pre-norm blocks (the reference is post-norm), each key source with its own LayerNorm, an
-output projection after the bottleneck's multi-source attention (the reference sums the heads'
-outputs without one), sinusoidal positions for every modality (the reference learns a fixed
+output projection after every fusion attention (the reference's fusion ``Attention`` concatenates
+the heads without one), scores scaled by 1/sqrt(head width) in every attention (the reference's
+fusion ``Attention`` scales by 1/sqrt(model width), sqrt(8) softer at 8 heads), sinusoidal
+positions for every modality (the reference learns a fixed
 375/500-step table for audio/vision and has none on top of BERT), learned start tokens for
 every modality (the views' means leave them out; the reference's include its [CLS]), a
 LayerNorm on the head's tokens, dropout 0.1 on the encoders' inputs, attention outputs and
@@ -90,7 +92,18 @@ validation MAE (10 epochs, seeds 1 and 2: 0.642 / 0.623 / 0.628 / 0.636, within 
 each other; the test split played no part).
 
 Size at MOSI shapes (768/5/20): 2,468,737 parameters; the reference has 2,482,433 besides BERT
-(112,256 of them learned position tables, 70,016 never used in its forward pass).
+(its model class built with BERT stubbed out). Module by module, reference -> ours: text
+projector 114,944 -> 114,944; audio encoder 331,520 -> 266,112 and vision encoder 351,360 ->
+268,032 (gone: its learned position tables, 48,128 and 64,128, and its unused ``fc`` and
+``dense`` layers, 768 + 16,512 and 2,688 + 16,512; projection, start token, 2 layers and final
+LayerNorm are equal); temporal alignment 230,272 -> 196,736 (gone: its unused feed-forward and
+2 LayerNorms, 33,536); fusion self-attention 231,936 -> 264,960, bottleneck to modalities
+362,240 -> 396,800, modalities to bottleneck 695,808 -> 796,416 (ours: an output projection,
+16,512, in each of these 10 attentions, whose heads the reference concatenates without one, and
+a LayerNorm per key source, +768 per level and +256 per block back); head 164,353 -> 164,353;
+ours only: the text start token, 128 (the reference reads BERT's [CLS]), and the head tokens'
+LayerNorm, 256. Net: -112,256 position tables, -70,016 unused, +165,120 output projections,
++3,328 LayerNorms, +128 start token = -13,696.
 Measured (synthetic-tiny, clean, 10 epochs, seeds 1 and 2): validation MAE 0.623 with the
 contrastive term, 0.629 without it (``w_contrastive=0``); test MAE 0.703 / 0.695, oracle 0.577.
 
@@ -334,7 +347,9 @@ class DashFusion(MSAModel):
 
     @torch.no_grad()
     def refresh_bank(self, engine: Any) -> None:
-        """Rebuild the bank from the whole clean training split, in evaluation mode."""
+        """Rebuild the bank from the whole clean training split, in evaluation mode. In data
+        parallel training every rank rebuilds it from the whole split with the same weights, so
+        the banks are equal without gathering anything."""
         was = self.training
         self.eval()
         dev = self.start.device
