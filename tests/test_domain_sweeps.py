@@ -63,6 +63,28 @@ def test_sweep_refuses_mixed_domain_splits_and_the_domain_protocol(ds, runs):
     sweep([runs["a"], runs["b"]], "modality", "0", dataset=ds)  # one split: fine
 
 
+def test_results_table_names_each_runs_domain_split_and_its_own_oracle(runs):
+    from typer.testing import CliRunner
+
+    from msakit.cli import app
+    from msakit.evaluate.tables import collect_results
+
+    df = collect_results([runs["a"], runs["c"]])
+    dom = dict(zip(df["run"], df["domain"], strict=True))
+    assert dom["a"] == "studio,phone->webcam" and dom["c"] == "studio,webcam->phone"
+    orc = df[df["model"] == "oracle"].set_index("domain")
+    assert len(orc) == 2  # one oracle per target domain, not the two pooled
+    for key, run in (("studio,phone->webcam", "a"), ("studio,webcam->phone", "c")):
+        want = read_json(runs[run] / "seed_1" / "metrics.json")["oracle/test"]["mae"]
+        assert orc.loc[key, "mae_mean"] == pytest.approx(want) and orc.loc[key, "n_seeds"] == 1
+    src = collect_results([runs["a"]], split="test_source")
+    assert src["mae_mean"].iloc[0] == pytest.approx(
+        read_json(runs["a"] / "seed_1" / "metrics.json")["test_source"]["mae"])
+    r = CliRunner().invoke(app, ["results", str(runs["a"]), str(runs["c"]), "--metrics", "mae"])
+    assert r.exit_code == 0 and "| domain |" in r.output
+    assert "oracle (studio,webcam->phone)" in r.output
+
+
 def test_domain_splits_grammar(ds):
     assert domain_splits(ds, ["domain"]) == [
         "phone,webcam->studio", "studio,webcam->phone", "studio,phone->webcam"]

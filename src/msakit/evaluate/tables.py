@@ -129,6 +129,7 @@ def _seed_records(run: Path) -> list[dict]:
             "model": cfg.get("model", "?"),
             "dataset": cfg.get("dataset", "?"),
             "corrupt": (cfg.get("train") or {}).get("corrupt") or "none",
+            "domain": (cfg.get("train") or {}).get("domain") or "-",
             "seed": cfg.get("seed"),
             "metrics": read_json(p / "metrics.json"),
         })
@@ -145,6 +146,7 @@ def _seed_records(run: Path) -> list[dict]:
             recs.append({
                 "model": meta.get("model", "?"), "dataset": meta.get("dataset", "?"),
                 "corrupt": meta.get("corrupt") or "none",
+                "domain": meta.get("domain") or "-",
                 "seed": (meta.get("seeds") or [None] * n)[i],
                 "metrics": {k: {m: b["values"][i] for m, b in blk.items()} for k, blk in splits.items()},
             })
@@ -175,7 +177,7 @@ def find_runs(dirs: Sequence[str | os.PathLike]) -> list[Path]:
     return list(dict.fromkeys(found))
 
 
-GROUP_KEYS = ("run", "model", "dataset", "corrupt")
+GROUP_KEYS = ("run", "model", "dataset", "corrupt", "domain")
 
 
 def collect_results(
@@ -186,8 +188,9 @@ def collect_results(
 ) -> pd.DataFrame:
     """One row per group: keys (the group's, and the others that are constant in every group),
     ``n_seeds`` and ``<metric>_mean`` / ``<metric>_std`` columns, pooled over the seeds of every
-    run in the group. On synthetic data an ``oracle`` row per
-    dataset (the clean oracle is the same for every run of a dataset)."""
+    run in the group. On synthetic data an ``oracle`` row per dataset and domain split (the
+    clean oracle is the same for every run of a dataset, and of a split "A,B->C": C's oracle).
+    The ``domain`` column appears only when some run was trained with a domain split."""
     bad = [g for g in group_by if g not in GROUP_KEYS]
     if bad or not group_by:
         raise ConfigError(f"--group-by {list(group_by)}: expected names from {GROUP_KEYS}")
@@ -199,19 +202,26 @@ def collect_results(
         for rec in _seed_records(run):
             if split not in rec["metrics"]:
                 raise ConfigError(f"results: {run} has no split {split!r}; it has {sorted(rec['metrics'])}")
-            base = {"run": label, "model": rec["model"], "dataset": rec["dataset"], "corrupt": rec["corrupt"]}
+            base = {"run": label, "model": rec["model"], "dataset": rec["dataset"],
+                    "corrupt": rec["corrupt"], "domain": rec["domain"]}
             rows.append({**base, "seed": rec["seed"], **rec["metrics"][split]})
             okey = f"oracle/{split}"
             if oracle and okey in rec["metrics"]:
-                oracle_rows.setdefault(rec["dataset"], {
-                    "run": "oracle", "model": "oracle", "dataset": rec["dataset"], "corrupt": "-",
-                    "seed": None, **rec["metrics"][okey],
+                oracle_rows.setdefault((rec["dataset"], rec["domain"]), {
+                    "run": "oracle" if rec["domain"] == "-" else f"oracle ({rec['domain']})",
+                    "model": "oracle", "dataset": rec["dataset"], "corrupt": "-",
+                    "domain": rec["domain"], "seed": None, **rec["metrics"][okey],
                 })
     df = pd.DataFrame(rows + list(oracle_rows.values()))
+    if (df["domain"] == "-").all():
+        if "domain" in group_by:
+            raise ConfigError("--group-by domain: no run here was trained with a domain split")
+        df = df.drop(columns="domain")
     metric_cols = [c for c in df.columns if c not in (*GROUP_KEYS, "seed")]
     # besides the group keys, show the other keys that are constant within every group
     groups = list(df.groupby(list(group_by), sort=False, dropna=False))
-    shown = [k for k in GROUP_KEYS if k in group_by or all(g[k].nunique(dropna=False) == 1 for _, g in groups)]
+    shown = [k for k in GROUP_KEYS if k in df.columns and (
+        k in group_by or all(g[k].nunique(dropna=False) == 1 for _, g in groups))]
     out = []
     for key, g in groups:
         key = key if isinstance(key, tuple) else (key,)
