@@ -10,7 +10,8 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parents[1] / "src" / "msakit"
 # leaves anyone may use, then the layers in the direction data flows
 RANK = {"errors": 0, "fileio": 0, "registry": 0, "metrics": 0, "display": 0, "features": 1,
-        "data": 2, "corrupt": 3, "models": 3, "train": 5, "evaluate": 6, "demo": 7, "cli": 8}
+        "data": 2, "corrupt": 3, "models": 3, "prompts": 3, "extract": 4, "train": 5,
+        "evaluate": 6, "tune": 6, "demo": 7, "serve": 7, "cli": 8}
 
 
 def layer(module: str) -> str | None:

@@ -56,6 +56,7 @@ TINY: dict[str, dict] = {
                     vision_post_dim=4, text_post_dropout=0.0, audio_post_dropout=0.0),
     "almt": dict(d=16, n_tokens=4, heads=2, dim_head=8, ff=16, ahl_depth=2, fusion_depth=1,
                  fusion_ff=16),
+    "mmslf": dict(d=16, heads=2, dim_head=8, ff=32, dropout=0.0, fusion_heads=2, fusion_ff=16),
 }
 SHAPES = {"text": (8, 16), "audio": (12, 4), "vision": (10, 6)}
 DIMS = {m: D for m, (_, D) in SHAPES.items()}

@@ -78,6 +78,17 @@ def train(
     progress: Annotated[bool, typer.Option(help="Lightning's per-step progress bar")] = False,
     verbose: Annotated[bool, typer.Option(help="show Lightning's own messages")] = False,
     threads: Annotated[int | None, typer.Option(help="torch CPU threads (default: torch's)")] = None,
+    devices: Annotated[int | None, typer.Option(
+        help="data parallel processes per node (CPU processes or GPUs; default 1)")] = None,
+    num_nodes: Annotated[int | None, typer.Option(help="machines in a DDP run (default 1)")] = None,
+    strategy: Annotated[str | None, typer.Option(
+        help="auto (one process, or ddp when devices x nodes > 1) or ddp: Lightning DDP, "
+             "gloo on CPU, NCCL on GPUs; launch with torchrun or let Lightning start them")] = None,
+    prompts: Annotated[Path | None, typer.Option(
+        help="cue texts from msakit prompts --out DIR, attached by sample id (MMSLF)")] = None,
+    config: Annotated[Path | None, typer.Option(
+        help="a run config file (JSON/YAML: set, train), e.g. msakit tune's best.json; "
+             "command-line options win")] = None,
 ) -> None:
     """Train MODEL on DATASET for each seed; writes OUT/summary.json (mean and std over seeds)."""
     from msakit.train import train as train_fn
@@ -87,11 +98,25 @@ def train(
     from msakit.train.engine import TrainConfig
 
     overrides = parse_sets(_with_preset(set_, preset), [model])[model]
+    topts = {"epochs": epochs, "patience": patience, "domain": domain, "devices": devices,
+             "num_nodes": num_nodes, "strategy": strategy}
+    if config is not None:
+        from msakit.train.configfile import merge_config, read_config_file
+
+        overrides, topts = merge_config(read_config_file(config), model, overrides,
+                                        {**topts, "corrupt": corrupt})
+        corrupt = topts.pop("corrupt", None)
     make_config(model, **overrides)  # bad options fail before any data is read
-    tcfg = TrainConfig(**{k: v for k, v in (("epochs", epochs), ("patience", patience),
-                                            ("domain", domain))
+    tcfg = TrainConfig(**{k: v for k, v in topts.items()
                           if v is not None})  # checked before any data is read
+    from msakit.train.engine import is_rank_zero
+
+    console.quiet = not is_rank_zero()  # a distributed run's other ranks print nothing
     ds = _load(dataset)
+    if prompts is not None:
+        from msakit.prompts import attach_prompts
+
+        ds = attach_prompts(ds, prompts)
     from msakit.data.report import format_report, inspect_dataset
 
     console.print(format_report(inspect_dataset(ds), short=True), markup=False, highlight=False)
@@ -359,6 +384,191 @@ def results(
         console.print(f"wrote {out}", markup=False)
     else:
         typer.echo(text, nl=False)
+
+
+@app.command("prompts")
+def prompts_(
+    dataset: Annotated[str, typer.Option(help="catalog name (msakit datasets) or a file path")],
+    out: Annotated[Path, typer.Option(help="output folder: prompts.jsonl, manifest.json")],
+    provider: Annotated[str, typer.Option(
+        help="offline (rules, no network, not an LLM) or openai (any OpenAI-compatible "
+             "server)")] = "offline",
+    model: Annotated[str, typer.Option(help="openai: the model name the server knows")] = "gpt-4o-mini",
+    base_url: Annotated[str, typer.Option(
+        help="openai: the API root, e.g. http://127.0.0.1:8000/v1 (vLLM), "
+             "http://localhost:11434/v1 (Ollama)")] = "https://api.openai.com/v1",
+    api_key_env: Annotated[str, typer.Option(
+        help="openai: environment variable holding the API key")] = "OPENAI_API_KEY",
+    concurrency: Annotated[int, typer.Option(help="openai: requests at once")] = 8,
+    rpm: Annotated[float, typer.Option(help="openai: requests per minute at most (0: no limit)")] = 0,
+    timeout: Annotated[float, typer.Option(help="openai: seconds per request")] = 60.0,
+    max_retries: Annotated[int, typer.Option(
+        help="openai: retries of a request after 429, 5xx, timeouts")] = 5,
+    cache: Annotated[Path | None, typer.Option(
+        help="openai: SQLite answer cache (default OUT/cache.sqlite); share it between runs")] = None,
+    frames: Annotated[Path | None, typer.Option(
+        help="images of each sample in FRAMES/<id>/*.jpg (3 are sent)")] = None,
+    progress: Annotated[bool, typer.Option(help="progress bar")] = True,
+) -> None:
+    """Write one MMSLF cue text per sample (train, valid, test) to OUT/prompts.jsonl; only
+    training samples' requests hold the label. Train with them: train --prompts OUT."""
+    from msakit.prompts import generate_prompts
+
+    opts = {} if provider != "openai" else dict(
+        model=model, base_url=base_url, api_key_env=api_key_env, concurrency=concurrency,
+        rpm=rpm, timeout=timeout, max_retries=max_retries)
+    m = generate_prompts(dataset, out, provider, cache=cache, frames=frames,
+                         progress=progress, **opts)
+    c = m["counts"]
+    done = (f"{c['offline']} written offline" if m["provider"] == "offline" else
+            f"{c['from_cache']} from the cache, {c['requested']} requested, {c['shared']} "
+            f"shared an identical request; {m['http_requests']} HTTP requests")
+    console.print(f"prompts: {c['ok']} succeeded, {c['failed']} failed ({done}); wrote "
+                  f"{out / 'prompts.jsonl'}", markup=False, highlight=False)
+    if c["failed"]:
+        err_console.print(f"{c['failed']} sample(s) failed (reasons in prompts.jsonl); run the "
+                          f"same command again to retry them", markup=False, highlight=False)
+        raise typer.Exit(1)
+
+
+@app.command()
+def tune(
+    model: Annotated[str, typer.Option(help="registered model name (msakit models)")],
+    dataset: Annotated[str, typer.Option(help="catalog name (msakit datasets) or a file path")],
+    out: Annotated[Path, typer.Option(help="output folder: trials/<n>/, trials.csv, best.json")],
+    trials: Annotated[int, typer.Option(help="trials in the whole study (all workers together)")],
+    space: Annotated[Path | None, typer.Option(
+        help="search-space YAML (default: the model's packaged one, msakit/spaces/MODEL.yaml)")] = None,
+    storage: Annotated[str | None, typer.Option(
+        help="Optuna storage: a SQLite file (default OUT/study.db) or postgresql://USER@HOST/DB "
+             "for workers on many machines")] = None,
+    study: Annotated[str | None, typer.Option(
+        help="study name; workers with the same name and storage join it (default MODEL-DATASET)")] = None,
+    seed: Annotated[int, typer.Option(help="training seed of every trial")] = 1111,
+    sampler_seed: Annotated[int, typer.Option(help="TPE sampler seed")] = 0,
+    epochs: Annotated[int | None, typer.Option(help="maximum epochs per trial")] = None,
+    patience: Annotated[int | None, typer.Option(help="early-stopping patience per trial")] = None,
+    corrupt: Annotated[str | None, typer.Option(help="training corruption, e.g. frames:random")] = None,
+    set_: Annotated[list[str] | None, typer.Option(
+        "--set", help="fixed model config key=value for every trial")] = None,
+    preset: Annotated[str | None, typer.Option(help="named model settings, e.g. paper")] = None,
+    metric: Annotated[str, typer.Option(
+        help="validation metric to optimise (auto: mae, or acc for classes)")] = "auto",
+    prune: Annotated[bool, typer.Option(help="median pruning on the per-epoch validation metric")] = True,
+    heartbeat: Annotated[int, typer.Option(
+        help="seconds between a running trial's heartbeats; a trial silent for --grace seconds "
+             "(default 2x) is marked failed and retried once")] = 60,
+    grace: Annotated[int | None, typer.Option(help="seconds before a silent trial is failed")] = None,
+    threads: Annotated[int | None, typer.Option(help="torch CPU threads (default: torch's)")] = None,
+    verbose: Annotated[bool, typer.Option(help="show Lightning's own messages")] = False,
+) -> None:
+    """Hyper-parameter search (Optuna TPE, median pruning) on validation data only; run the
+    same command in more processes or machines to add workers. Writes OUT/best.json, which
+    `msakit train --config OUT/best.json` retrains."""
+    from msakit.models.base import parse_sets
+    from msakit.tune import tune as tune_fn
+
+    _threads(threads)
+    res = tune_fn(
+        model, dataset, space, out, trials, storage=storage, study=study, seed=seed,
+        sampler_seed=sampler_seed, epochs=epochs, patience=patience, corrupt=corrupt,
+        overrides=parse_sets(_with_preset(set_, preset), [model])[model], metric=metric,
+        prune=prune, heartbeat=heartbeat, grace=grace, verbose=verbose,
+        log=lambda msg: console.print(msg, markup=False, highlight=False),
+    )
+    states = ", ".join(f"{n} {s}" for s, n in sorted(res["states"].items()))
+    console.print(f"study {res['study']}: {states}", markup=False)
+    if res["best"] is None:
+        console.print("no trial completed yet; no best.json", markup=False)
+        return
+    b = res["best"]
+    console.print(f"best: trial {b['number']}, {b['config']['tune']['metric']} = {b['value']:.4f}; "
+                  f"wrote {out / 'best.json'} and {out / 'trials.csv'}", markup=False)
+    console.print(f"retrain: msakit train --model {model} --dataset {dataset} --config "
+                  f"{out / 'best.json'} --out RUN", markup=False)
+
+
+@app.command()
+def predict(
+    videos: Annotated[list[Path], typer.Argument(help="video files (mp4/mov, webm/mkv, avi)")],
+    run: Annotated[str, typer.Option(help="a run folder, one seed's folder, or 'default'")],
+    json_: Annotated[bool, typer.Option("--json", help="print JSON (a list, one per video)")] = False,
+    threads: Annotated[int | None, typer.Option(help="torch CPU threads (default: torch's)")] = None,
+) -> None:
+    """Sentiment of each video: score and class, modalities present and used, transcript."""
+    import json
+
+    from msakit.serve.predict import predict_videos
+
+    _threads(threads)
+    results = predict_videos(run, videos)
+    if json_:
+        typer.echo(json.dumps(results, indent=2))
+    else:
+        for r in results:
+            if "error" in r:
+                err_console.print(f"error: {r['error']}", markup=False, highlight=False)
+                continue
+            unc = "" if r["uncertainty"] is None else f", uncertainty {r['uncertainty']:.4f}"
+            present = ", ".join(m for m, v in r["present"].items() if v) or "none"
+            typer.echo(f"{r['file']}: {r['score']:+.3f} {r['class']} ({r['score_kind']}{unc})\n"
+                       f"  present: {present}; the model reads: "
+                       f"{', '.join(r['model_modalities'])}; used: {', '.join(r['used'])}\n"
+                       f"  transcript: {r['transcript']!r}")
+    failed = [r["file"] for r in results if "error" in r]
+    if failed:
+        raise typer.Exit(2)
+
+
+@app.command()
+def serve(
+    run: Annotated[str, typer.Option(help="a run folder, one seed's folder, or 'default'")],
+    host: Annotated[str, typer.Option(help="interface to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port")] = 8000,
+    max_upload_mb: Annotated[float, typer.Option(help="largest upload accepted")] = 100.0,
+    timeout_s: Annotated[float, typer.Option(help="time limit per request (queue + prediction)")] = 120.0,
+    workers: Annotated[int, typer.Option(help="worker processes, each holding the model")] = 1,
+    queue: Annotated[int, typer.Option(help="requests that may wait for a worker")] = 8,
+    threads: Annotated[int, typer.Option(help="torch CPU threads per worker")] = 1,
+) -> None:
+    """Serve the run over HTTP: a web page at /, POST /v1/predict, GET /health."""
+    from msakit.serve.app import ServeConfig
+    from msakit.serve.app import serve as run_server
+    from msakit.serve.default import resolve_run
+
+    resolve_run(run)  # a missing default model is one line here, not a worker's traceback
+    run_server(ServeConfig(run=run, max_upload_mb=max_upload_mb, timeout_s=timeout_s,
+                           workers=workers, queue=queue, threads=threads), host=host, port=port)
+
+
+@app.command("extract")
+def extract_(
+    video_dir: Annotated[Path, typer.Argument(
+        help="clips: VIDEO_DIR/<video_id>/<clip_id>.mp4 (raw MOSI/MOSEI/SIMS), or media files")],
+    out: Annotated[Path, typer.Option(help="dataset folder to write (resumed when it exists)")],
+    labels: Annotated[Path | None, typer.Option(
+        help="MMSA label.csv (video_id, clip_id, text, label, mode); its text is the transcript")] = None,
+    workers: Annotated[int, typer.Option(help="clips extracted at once (processes)")] = 2,
+    set_: Annotated[list[str] | None, typer.Option(
+        "--set", help="extract setting key=value, e.g. vision_fps=5, text_source=asr")] = None,
+    progress: Annotated[bool, typer.Option(help="progress bar")] = True,
+) -> None:
+    """Extract text, audio and face features from raw videos into a dataset folder that
+    --dataset OUT reads (OUT/aligned.npz: the word-aligned variant)."""
+    from msakit.extract.dataset import extract_dataset
+    from msakit.extract.settings import ExtractSettings
+
+    settings = ExtractSettings().with_overrides(set_)
+    m = extract_dataset(video_dir, out, labels=labels, settings=settings, workers=workers,
+                        progress=progress)
+    for f in m["failures"]:
+        err_console.print(f"failed: {f['id']}: {f['reason']}", markup=False, soft_wrap=True)
+    n, secs = len(m["clips"]), sum(c["duration_s"] for c in m["clips"].values())
+    console.print(f"{n} clips ({secs:.1f} s of media) extracted, {len(m['failures'])} failed; "
+                  f"wrote {out / 'manifest.json'}" + (f", {out / 'unaligned.npz'} and "
+                  f"{out / 'aligned.npz'}" if n else ""), markup=False, soft_wrap=True)
+    if m["failures"] and not n:
+        raise typer.Exit(1)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -35,6 +35,20 @@ def write_text(path: str | os.PathLike, text: str) -> None:
         raise
 
 
+def write_npz(path: str | os.PathLike, **arrays: Any) -> None:
+    """``numpy.savez`` atomically (no pickles: plain arrays only)."""
+    import numpy as np
+
+    path, tmp = atomic_path(path)
+    try:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     """Write JSON atomically (numpy scalars and tuples allowed)."""
     write_text(path, json.dumps(obj, indent=2, default=_json_default) + "\n")

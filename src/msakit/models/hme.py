@@ -290,6 +290,27 @@ class _WeightedFusion(nn.Module):
         return (torch.stack(feats, 1) * w.unsqueeze(-1)).sum(1)
 
 
+def _gather_rows(*ts: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """All ranks' rows of each tensor, concatenated in rank order (padded all_gather, since
+    shares differ by a row); the tensors unchanged outside a multi-process group."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
+        return ts
+    n = torch.tensor([ts[0].shape[0]], device=ts[0].device)
+    sizes = [torch.zeros_like(n) for _ in range(dist.get_world_size())]
+    dist.all_gather(sizes, n)
+    top = int(max(int(s) for s in sizes))
+    out = []
+    for t in ts:
+        u = t.to(torch.uint8) if t.dtype == torch.bool else t  # gloo has no bool
+        pad = u.new_zeros((top - u.shape[0], *u.shape[1:]))
+        parts = [u.new_zeros((top, *u.shape[1:])) for _ in sizes]
+        dist.all_gather(parts, torch.cat([u, pad]))
+        out.append(torch.cat([p[: int(s)] for p, s in zip(parts, sizes, strict=True)]).to(t.dtype))
+    return tuple(out)
+
+
 @register_model("hme", HMEConfig)
 class HME(MSAModel):
     """HME (NeurIPS 2025): memory-bank cross-sample enhancement, uncertainty-aware fusion."""
@@ -402,7 +423,11 @@ class HME(MSAModel):
 
     @torch.no_grad()
     def _write_bank(self, reps: torch.Tensor, has: torch.Tensor, ids: torch.Tensor | None):
-        """Store a training batch: known ids overwrite their entry, new ones go to the FIFO."""
+        """Store a training batch: known ids overwrite their entry, new ones go to the FIFO.
+
+        Data parallel training (msakit.train.engine): each rank holds a share of the global
+        batch, so the shares are all-gathered in rank order and every rank writes the whole
+        global batch, as one process would (its bank stays equal on every rank)."""
         keep = has.any(1)
         reps, has = reps[keep].detach(), has[keep]
         cap = self.bank_ids.shape[0]
@@ -410,6 +435,7 @@ class HME(MSAModel):
             ids = torch.full((reps.shape[0],), -2, dtype=torch.long, device=reps.device)
         else:
             ids = ids[keep].to(self.bank_ids.device)
+        reps, has, ids = _gather_rows(reps, has, ids)
         known = torch.zeros_like(ids, dtype=torch.bool)
         if (ids >= 0).any():
             match = (ids[:, None] == self.bank_ids[None, :]) & (ids[:, None] >= 0)  # (B, cap)

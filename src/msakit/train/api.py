@@ -14,10 +14,13 @@ from msakit.data.registry import load_dataset
 from msakit.errors import ConfigError, RunError
 from msakit.fileio import check_out_dir, read_json, write_json
 from msakit.train.engine import (
+    DISPLAY_ONLY,
     RunLock,
     TrainConfig,
     config_diff,
     fit_seed,
+    is_rank_zero,
+    load_run_model,
     resolved_config,
 )
 
@@ -45,6 +48,45 @@ def summarize(per_seed: list[dict[str, dict[str, float]]]) -> dict:
         else:
             out[key] = block
     return out
+
+
+def config_fingerprint(cfg: dict) -> str:
+    """SHA-256 of a resolved run config without what differs between the seeds of one run
+    (seed, version, dataset info, display-only settings): equal for every seed's fit of one
+    config, e.g. the teachers a student records (MMSLF)."""
+    import hashlib
+    import json
+
+    keep = {k: v for k, v in cfg.items()
+            if k not in ("seed", "msakit_version", "dataset_info", "overrides")}
+    keep["train"] = {k: v for k, v in dict(cfg.get("train") or {}).items()
+                     if k not in DISPLAY_ONLY}
+    return hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()
+
+
+@dataclasses.dataclass
+class StageContext:
+    """What a model's ``stage_plan`` may use (models sit below the engine and import none of
+    it): the dataset, ``resolve(overrides)`` (a fit's resolved config), ``fingerprint(config)``
+    (:func:`config_fingerprint`) and ``load_run(run_dir)`` (``engine.load_run_model``)."""
+
+    dataset: MSADataset
+    resolve: Any
+    fingerprint: Any = config_fingerprint
+    load_run: Any = load_run_model
+
+
+def stage_plan(model: str, overrides: dict, ctx: StageContext) -> dict | None:
+    """The model class's ``stage_plan(overrides, ctx)`` when it has one: ``{"before":
+    [(subfolder, overrides)], "overrides": dict, "callbacks": list}`` (each ``before`` stage
+    is fitted, or reused when finished, in ``seed_S/<subfolder>`` before the seed's own fit,
+    which gets the plan's overrides and extra Lightning callbacks); None for a model fitted
+    in one stage."""
+    import msakit.models  # noqa: F401  (registers the built-in models)
+    from msakit.models.base import MODELS
+
+    hook = getattr(MODELS.get(model).cls, "stage_plan", None)
+    return hook(overrides, ctx) if hook is not None else None
 
 
 def train(
@@ -103,6 +145,11 @@ def train(
     tcfg.progress = progress
     tcfg.__post_init__()  # validate what the arguments changed
     with RunLock(out):
+        # a model class may ask for stages fitted per seed before its own (MMSLF: the teacher
+        # into seed_S/teacher/); its plan also gives the main fit's overrides and callbacks
+        plan = stage_plan(model, dict(overrides or {}), StageContext(
+            ds, lambda ov: resolved_config(model, ds, seeds[0], tcfg, ov)))
+        overrides = plan["overrides"] if plan else overrides
         want = resolved_config(model, ds, seeds[0], tcfg, dict(overrides or {}))
         for d in sorted(out.glob("seed_*")):
             if (d / "config.json").exists():
@@ -115,7 +162,11 @@ def train(
         for i, s in enumerate(seeds):
             if on_seed_start is not None:
                 on_seed_start(i, s)
-            fit_seed(model, ds, s, out / f"seed_{s}", tcfg, overrides, verbose=verbose)
+            for sub, stage_overrides in (plan["before"] if plan else []):
+                fit_seed(model, ds, s, out / f"seed_{s}" / sub, tcfg, stage_overrides,
+                         verbose=verbose)
+            fit_seed(model, ds, s, out / f"seed_{s}", tcfg, overrides, verbose=verbose,
+                     callbacks=list(plan["callbacks"]) if plan else None)
         finished = [d for d in sorted(out.glob("seed_*")) if (d / "metrics.json").exists()]
         results = [read_json(d / "metrics.json") for d in finished]
         all_seeds = [read_json(d / "config.json")["seed"] for d in finished]
@@ -140,5 +191,6 @@ def train(
             "selection": f"best validation {want['train']['select']}",
             "epochs": want["train"]["epochs"],
         }
-        write_json(out / "summary.json", summary)
+        if is_rank_zero():  # a distributed run: every rank summarises, rank 0 writes
+            write_json(out / "summary.json", summary)
     return summary

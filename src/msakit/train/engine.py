@@ -12,6 +12,22 @@ Checkpoint selection and early stopping look at validation data only (MAE for re
 accuracy for classification). A killed run resumes from ``last.ckpt`` to the same bytes as an
 uninterrupted one: every epoch's shuffling, dropout and corruption draws are functions of
 (seed, epoch) alone. One process writes a run folder at a time (an advisory lock).
+
+Distributed data parallel (``TrainConfig(devices=N, num_nodes=M, strategy="ddp")``; Lightning's
+DDP, gloo on CPU and NCCL on GPUs), launched by Lightning itself (it re-runs the same command
+once per extra local process) or by ``torchrun`` (Lightning reads RANK/LOCAL_RANK/WORLD_SIZE).
+Every rank runs the whole command; ours, not Lightning's defaults:
+
+- the global batch stays ``batch_size``: each rank takes a contiguous share of every global
+  batch of the (seed, epoch) order and scales its loss by ``world * n_rank / n_global``, so the
+  averaged gradient of a per-sample-mean loss is the single-process gradient (unequal shares
+  and short last batches included; a rank left without rows gets one row at weight 0);
+- corruption is keyed by sample id (msakit.corrupt), so every sample gets the same masks on
+  any rank; dropout draws are a function of (seed, epoch, rank);
+- every rank validates on the whole validation split in the single-process order (weights are
+  equal on all ranks), so selection and early stopping see the same numbers everywhere;
+- rank 0 alone takes the run locks and writes config, checkpoints, logs, ``model.pt`` and
+  ``metrics.json`` (it evaluates; the other ranks wait, then read ``metrics.json``).
 """
 
 from __future__ import annotations
@@ -69,6 +85,10 @@ class TrainConfig:
     # a wall-clock budget per seed for users: checked at epoch ends only, and recorded in
     # metrics.json as what ended the run; benchmarks never use it (results must not depend on it)
     max_time_s: float | None = None
+    # data parallel training (see the module docstring): processes per node, nodes, strategy
+    devices: int = 1
+    num_nodes: int = 1
+    strategy: str = "auto"  # "auto": single process, or "ddp" when devices * num_nodes > 1
 
     def __post_init__(self) -> None:
         for k in ("epochs", "min_epochs", "eval_batch_size"):
@@ -81,6 +101,13 @@ class TrainConfig:
                 isinstance(self.patience, bool) or not isinstance(self.patience, int)
                 or self.patience < 0):
             raise ConfigError(f"patience={self.patience!r}: expected an integer >= 0")
+        for k in ("devices", "num_nodes"):
+            v = getattr(self, k)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ConfigError(f"--{k.replace('_', '-')} {v!r}: expected an integer >= 1")
+        if self.strategy not in STRATEGIES:
+            raise ConfigError(
+                f"--strategy {self.strategy!r}: expected one of {', '.join(STRATEGIES)}")
         if self.max_time_s is not None and not self.max_time_s > 0:
             raise ConfigError(f"max_time_s={self.max_time_s!r}: expected seconds > 0")
         if self.corrupt not in (None, "", "none"):
@@ -110,6 +137,19 @@ class TrainConfig:
 DISPLAY_ONLY = ("progress", "accelerator", "eval_batch_size")
 HIGHER_IS_BETTER = ("acc", "f1", "corr", "r2")
 ACCELERATORS = ("cpu", "gpu", "cuda", "mps", "auto")
+STRATEGIES = ("auto", "ddp")
+# train keys added after runs existed: a config.json without them holds their default
+TRAIN_DEFAULTS = {"devices": 1, "num_nodes": 1, "strategy": "auto"}
+
+
+def is_rank_zero() -> bool:
+    """False in the non-zero ranks of a distributed run, read from the environment that
+    torchrun (RANK) or Lightning's launcher (NODE_RANK, LOCAL_RANK) sets, so it is known
+    before any process group exists; True in a plain single process."""
+    if "RANK" in os.environ:
+        return int(os.environ["RANK"]) == 0
+    return all(int(os.environ.get(k, 0) or 0) == 0 for k in ("NODE_RANK", "GROUP_RANK",
+                                                              "LOCAL_RANK"))
 
 
 def select_metric(tcfg: TrainConfig, task: str) -> tuple[str, str]:
@@ -135,15 +175,22 @@ class _IndexSampler(Sampler):
     With ``lengths`` (shuffled loaders of a model that encodes token ids), rows are grouped by
     length inside windows of 50 batches of the shuffled order and the batches are shuffled
     again: batches hold similar lengths, so short sentences don't pay for long ones' padding.
+
+    With ``world > 1`` each global batch is split into ``world`` contiguous shares (sizes
+    differ by at most one) and rank ``rank`` yields its share; a rank left without rows gets the
+    batch's first row. ``shares[i]`` is (rows of this rank, rows of the global batch) of the
+    i-th batch of the current epoch (the engine's loss weight; 0 rows = a padding row).
     """
 
     WINDOW = 50
 
     def __init__(self, n: int, batch_size: int, shuffle: bool, seed: int, epoch_fn=None,
-                 lengths: np.ndarray | None = None) -> None:
+                 lengths: np.ndarray | None = None, rank: int = 0, world: int = 1) -> None:
         self.n, self.bs, self.shuffle, self.seed = n, batch_size, shuffle, seed
         self.epoch_fn = epoch_fn or (lambda: 0)
         self.lengths = lengths
+        self.rank, self.world = rank, world
+        self.shares: list[tuple[int, int]] = []
 
     def __iter__(self):
         order = np.arange(self.n)
@@ -160,6 +207,10 @@ class _IndexSampler(Sampler):
             batches = [order[i : i + self.bs] for i in range(0, self.n, self.bs)]
             if self.lengths is not None:
                 batches = [batches[i] for i in rng.permutation(len(batches))]
+        if self.world > 1:
+            parts = [np.array_split(b, self.world)[self.rank] for b in batches]
+            self.shares = [(len(p), len(b)) for p, b in zip(parts, batches, strict=True)]
+            batches = [p if len(p) else b[:1] for p, b in zip(parts, batches, strict=True)]
         for b in batches:
             yield b.tolist()
 
@@ -180,12 +231,13 @@ class _Rows(torch.utils.data.Dataset):
 
 def loader(
     split: SplitData, batch_size: int, shuffle: bool = False, seed: int = 0, epoch_fn=None,
-    bucket: bool = False,
+    bucket: bool = False, rank: int = 0, world: int = 1,
 ) -> DataLoader:
     """A DataLoader of :class:`Batch` over a split; evaluation loaders never shuffle. With
-    ``bucket``, training batches group token sequences of similar length (see _IndexSampler)."""
+    ``bucket``, training batches group token sequences of similar length (see _IndexSampler);
+    with ``world > 1``, this rank's share of each global batch."""
     lengths = split.text_ids_mask.sum(1) if bucket and split.text_ids is not None else None
-    sampler = _IndexSampler(len(split), batch_size, shuffle, seed, epoch_fn, lengths)
+    sampler = _IndexSampler(len(split), batch_size, shuffle, seed, epoch_fn, lengths, rank, world)
     return DataLoader(
         _Rows(len(split)),
         batch_sampler=sampler,
@@ -219,6 +271,17 @@ class LitMSA(L.LightningModule):
         self.select, self.mode = select_metric(tcfg, dataset.task)
         self._val: list[tuple[np.ndarray, np.ndarray]] = []
         self.engine: Any = None
+        self.train_sampler: _IndexSampler | None = None  # set by the engine (DDP shares)
+
+    def setup(self, stage: str) -> None:
+        # the rank is known here, after Lightning's launcher and process group set-up
+        if self.train_sampler is not None:
+            self.train_sampler.rank = self.trainer.global_rank
+            self.train_sampler.world = self.trainer.world_size
+
+    @property
+    def world(self) -> int:
+        return self.trainer.world_size if self._trainer is not None else 1
 
     def transfer_batch_to_device(self, batch, device, dataloader_idx):
         return batch.to(device) if isinstance(batch, Batch) else batch
@@ -231,7 +294,8 @@ class LitMSA(L.LightningModule):
         epoch), so a resumed run replays exactly what an uninterrupted one does. Called at the
         first training step: after the data iterator drew its own seed, and whether or not
         Lightning ran on_train_epoch_start (it skips it on some resumes)."""
-        s = int(np.random.SeedSequence([self.seed, self.current_epoch]).generate_state(1)[0])
+        key = [self.seed, self.current_epoch] + ([self.global_rank] if self.world > 1 else [])
+        s = int(np.random.SeedSequence(key).generate_state(1)[0])
         torch.manual_seed(s)
         np.random.seed(s)
         random.seed(s)
@@ -244,8 +308,13 @@ class LitMSA(L.LightningModule):
         batch = self.model.prepare_batch(batch)  # forward and loss see the same inputs
         out = self.model(batch)
         losses = self.model.loss(out, batch)
+        ddp = self.world > 1
         for k, v in losses.items():
-            self.log(f"train/{k}", v.detach(), on_step=False, on_epoch=True, batch_size=batch.size)
+            self.log(f"train/{k}", v.detach(), on_step=False, on_epoch=True, batch_size=batch.size,
+                     sync_dist=ddp)
+        if ddp:  # DDP averages gradients over ranks: weight this rank's share of the batch
+            mine, total = self.train_sampler.shares[batch_idx]
+            return losses["total"] * (self.world * mine / total)
         return losses["total"]
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
@@ -263,7 +332,7 @@ class LitMSA(L.LightningModule):
         if not finite:  # never scored as finite, never selected
             m = {k: (np.inf if self.mode == "min" else -np.inf) if k == self.select else np.nan
                  for k in m}
-        for k, v in m.items():
+        for k, v in m.items():  # the same on every rank (the whole split each): no sync
             self.log(f"val/{k}", float(v), prog_bar=k == self.select)
 
     def configure_optimizers(self):
@@ -356,8 +425,11 @@ def config_diff(old: dict, new: dict, ignore_seed: bool = False) -> list[str]:
             for kk in sorted(set(a) | set(b)):
                 if k == "train" and kk in skip_train:
                     continue
-                if a.get(kk) != b.get(kk):
-                    out.append(f"{k}.{kk}: {a.get(kk)!r} -> {b.get(kk)!r}")
+                va, vb = a.get(kk), b.get(kk)
+                if k == "train":
+                    va, vb = (TRAIN_DEFAULTS.get(kk) if v is None else v for v in (va, vb))
+                if va != vb:
+                    out.append(f"{k}.{kk}: {va!r} -> {vb!r}")
         elif a != b:
             out.append(f"{k}: {a!r} -> {b!r}")
     return out
@@ -483,7 +555,8 @@ def load_run_model(
 
 class RunLock:
     """An advisory lock on a run folder (``.msakit.lock``), released when the process ends
-    (also on SIGKILL). A second writer gets :class:`RunError` naming the holder."""
+    (also on SIGKILL). A second writer gets :class:`RunError` naming the holder. In the
+    non-zero ranks of a distributed run it does nothing (rank 0 holds it for all)."""
 
     def __init__(self, run_dir: Path) -> None:
         self.path = Path(run_dir) / ".msakit.lock"
@@ -493,6 +566,8 @@ class RunLock:
         import fcntl
         import socket
 
+        if not is_rank_zero():
+            return self
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
         try:
@@ -522,8 +597,9 @@ class AtomicCheckpoint(L.pytorch.callbacks.ModelCheckpoint):
 
     def _save_checkpoint(self, trainer, filepath: str) -> None:
         tmp = f"{filepath}.partial"
-        super()._save_checkpoint(trainer, tmp)
-        os.replace(tmp, filepath)
+        super()._save_checkpoint(trainer, tmp)  # rank 0 writes, every rank waits for it
+        if trainer.is_global_zero:
+            os.replace(tmp, filepath)
         self._last_checkpoint_saved = filepath
 
 
@@ -537,7 +613,9 @@ class _TimeBudget(L.Callback):
         self.t0 = time.monotonic()
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
-        if time.monotonic() - self.t0 >= self.seconds:
+        out = time.monotonic() - self.t0 >= self.seconds
+        # clocks differ between ranks: stop all when any ran out
+        if trainer.strategy.reduce_boolean_decision(out, all=False):
             self.hit = True
             trainer.should_stop = True
 
@@ -580,7 +658,7 @@ def fit_seed(
                 )
             if (run_dir / "metrics.json").exists() and (run_dir / "model.pt").exists():
                 return RunResult(run_dir, read_json(run_dir / "metrics.json"), old)
-        else:
+        elif is_rank_zero():
             write_json(run_dir / "config.json", cfg)
         return _fit(model_name, dataset, seed, run_dir, tcfg, overrides, cfg, verbose,
                     callbacks or [])
@@ -599,6 +677,7 @@ def _fit(model_name, dataset, seed, run_dir, tcfg, overrides, cfg, verbose,
     bs = model.config.batch_size
     train_dl = loader(model.prepare_split(dataset.splits["train"]), bs, shuffle=True, seed=seed,
                       epoch_fn=lambda: lit.current_epoch, bucket=model.text_encoder is not None)
+    lit.train_sampler = train_dl.batch_sampler
     val_dl = loader(model.prepare_split(dataset.splits["valid"]), tcfg.eval_batch_size)
 
     ckpt_dir = run_dir / "ckpt"
@@ -618,15 +697,20 @@ def _fit(model_name, dataset, seed, run_dir, tcfg, overrides, cfg, verbose,
     last = ckpt_dir / "last.ckpt"
     # refuse a tampered/garbage checkpoint with one line before Lightning touches it
     resume_epoch = int(load_checkpoint(last).get("epoch", -1)) + 1 if last.exists() else 0
+    distributed = tcfg.devices * tcfg.num_nodes > 1 or tcfg.strategy != "auto"
     with quiet_lightning(verbose), warnings.catch_warnings():
         warnings.filterwarnings("ignore", ".*does not have many workers.*")
+        warnings.filterwarnings("ignore", ".*sync_dist=True.*")  # val/ is equal on all ranks
         warnings.filterwarnings("ignore", ".*LeafSpec.*")
         warnings.filterwarnings("ignore", ".*is deprecated.*")
         trainer = L.Trainer(
             max_epochs=tcfg.epochs,
             min_epochs=tcfg.min_epochs,
             accelerator=tcfg.accelerator,
-            devices=1,
+            devices=tcfg.devices,
+            num_nodes=tcfg.num_nodes,
+            strategy=_strategy(tcfg) if distributed else "auto",
+            use_distributed_sampler=False,  # _IndexSampler shards the global batches itself
             callbacks=callbacks,
             default_root_dir=run_dir,
             logger=CSVRows(run_dir / "logs" / "metrics.csv", resume_epoch),
@@ -642,7 +726,46 @@ def _fit(model_name, dataset, seed, run_dir, tcfg, overrides, cfg, verbose,
         resume = str(last) if last.exists() else None
         trainer.fit(lit, train_dl, val_dl, ckpt_path=resume, weights_only=True)
 
-    best = ckpt_dir / "best.ckpt"
+    if trainer.world_size > 1:  # rank 0 evaluates and writes; the others take its outcome
+        return _finish_ranks(trainer, run_dir, cfg, lambda: _finish(
+            model, lit, dataset, run_dir, tcfg, cfg, trainer, budget))
+    return _finish(model, lit, dataset, run_dir, tcfg, cfg, trainer, budget)
+
+
+def _strategy(tcfg: TrainConfig):
+    # find_unused_parameters: some models leave a branch unused on some batches (a missing
+    # modality); DDP would otherwise stop with "Expected to have finished reduction"
+    from lightning.pytorch.strategies import DDPStrategy
+
+    return DDPStrategy(find_unused_parameters=True)
+
+
+def _finish_ranks(trainer, run_dir: Path, cfg: dict, finish) -> RunResult:
+    """Rank 0 runs ``finish`` (evaluation, model.pt, metrics.json); every rank then gets its
+    outcome (the error message when it failed) by one broadcast, so no rank waits forever."""
+    import torch.distributed as dist
+
+    outcome: list[Any] = [None]
+    result: RunResult | None = None
+    err: Exception | None = None
+    if trainer.is_global_zero:
+        try:
+            result = finish()
+        except Exception as e:  # noqa: BLE001  (re-raised below, after telling the others)
+            err = e
+        outcome = [str(err) if err is not None else None]
+    dist.broadcast_object_list(outcome, src=0)
+    if err is not None:
+        raise err
+    if result is not None:
+        return result
+    if outcome[0] is not None:
+        raise RunError(f"{run_dir}: rank 0 failed: {outcome[0]}")
+    return RunResult(run_dir, read_json(run_dir / "metrics.json"), cfg)
+
+
+def _finish(model, lit, dataset, run_dir, tcfg, cfg, trainer, budget) -> RunResult:
+    best = run_dir / "ckpt" / "best.ckpt"
     if best.exists():
         lit.load_state_dict(load_checkpoint(best)["state_dict"])
     device = "cuda" if tcfg.accelerator in ("gpu", "cuda") and torch.cuda.is_available() else "cpu"
@@ -681,10 +804,11 @@ class CSVRows(L.pytorch.loggers.Logger):
         super().__init__()
         self.path = Path(path)
         self.rows: list[dict] = []
+        self.writer = is_rank_zero()  # in a distributed run rank 0 writes the file
         if resume_epoch > 0 and self.path.exists():
             with open(self.path, newline="") as f:
                 self.rows = [r for r in csv.DictReader(f) if int(float(r.get("epoch") or 0)) < resume_epoch]
-        elif self.path.exists():
+        elif self.path.exists() and self.writer:
             self.path.unlink()
         self._dirty = True
 
@@ -706,7 +830,7 @@ class CSVRows(L.pytorch.loggers.Logger):
         self._dirty = True
 
     def save(self) -> None:
-        if not self._dirty:
+        if not self._dirty or not self.writer:
             return
         keys = sorted({k for r in self.rows for k in r} - {"epoch", "step"})
         _, tmp = atomic_path(self.path)
