@@ -45,6 +45,9 @@ def main() -> None:
     ap.add_argument("--dann-set", nargs="*", default=["experts=1", "adapter=false", "invariance=dann"],
                     help="midg settings of the DANN baseline")
     ap.add_argument("--midg-set", nargs="*", default=[], help="midg settings of MIDG")
+    ap.add_argument("--tune", type=int, default=0, metavar="TRIALS",
+                    help="also 'MIDG (tuned)': per split, `msakit tune` of midg with TRIALS trials "
+                         "scored on the source domains' validation rows, then its best config")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -56,13 +59,21 @@ def main() -> None:
                ("MIDG" + (f" ({' '.join(args.midg_set)})" if args.midg_set else ""), "midg",
                 parse_sets(args.midg_set, ["midg"])["midg"])]
     seeds = list(range(args.seeds))
+    if args.tune:
+        methods.append((f"MIDG (tuned, {args.tune} trials on source validation)", "midg", None))
     results: dict[str, dict] = {}
     t0 = time.time()
     for split in splits:
         target = domain_target(ds, split)
         res = results[split] = {"target": target, "methods": {}}
         for i, (label, model, over) in enumerate(methods):
-            run = args.out / f"to-{target}" / ["erm", "dann", "midg"][i]
+            run = args.out / f"to-{target}" / ["erm", "dann", "midg", "midg-tuned"][i]
+            if over is None:  # tuned: the search sees the sources' train/valid rows only
+                from msakit.tune import tune
+
+                best = tune("midg", ds, None, args.out / f"to-{target}" / "midg-tune",
+                            args.tune, seed=1111, epochs=args.epochs, domain=split)["best"]
+                over = best["config"]["set"]
             print(f"[{time.time() - t0:6.0f}s] {split}: {label} -> {run}", flush=True)
             s = msakit.train(model, ds, run, seeds=seeds, epochs=args.epochs, domain=split,
                              overrides=over, train_config=TrainConfig(accelerator=args.accelerator))

@@ -383,3 +383,29 @@ def test_two_workers_share_one_postgresql_study(tmp_path, space_file, postgres_u
     for i in range(2):  # each worker's table is the whole study
         rows = list(csv.DictReader(open(tmp_path / f"worker{i}" / "trials.csv")))
         assert len(rows) == 4
+
+
+def test_domain_search_scores_the_sources_validation_rows_only(tmp_path, space_file):
+    """`tune --domain 'A,B->C'`: every trial trains on the sources and is scored on their
+    validation rows; best.json carries the split, so the retrained run is a domain run too."""
+    from msakit.corrupt import parse_domain
+    from msakit.data.sources.synthetic import make_synthetic_domains
+    from msakit.tune import tune
+
+    ds = make_synthetic_domains(seed=3, n=(40, 12, 20))
+    split = "studio,phone->webcam"
+    res = tune("late_fusion", ds, space_file, tmp_path / "out", 2, epochs=1, domain=split)
+    assert res["states"] == {"complete": 2}
+    best = json.loads((tmp_path / "out" / "best.json").read_text())
+    assert best["train"]["domain"] == split
+    for n in (0, 1):
+        trial = tmp_path / "out" / "trials" / str(n)
+        assert json.loads((trial / "config.json").read_text())["train"]["domain"] == split
+        metrics = json.loads((trial / "metrics.json").read_text())
+        assert "test_source" in metrics  # a domain run: target test and sources' test
+    # the value a trial reports is its validation score on the sources' validation rows
+    src_valid = parse_domain(split).view(ds).splits["valid"]
+    assert len(src_valid) == 24 and set(ds.info["domains"]) >= {"studio", "phone", "webcam"}
+    v = json.loads((tmp_path / "out" / "trials" / str(best["tune"]["trial"]) /
+                    "metrics.json").read_text())["valid"]["mae"]
+    assert best["tune"]["value"] == pytest.approx(v, abs=1e-6)

@@ -454,6 +454,9 @@ def tune(
     preset: Annotated[str | None, typer.Option(help="named model settings, e.g. paper")] = None,
     metric: Annotated[str, typer.Option(
         help="validation metric to optimise (auto: mae, or acc for classes)")] = "auto",
+    domain: Annotated[str | None, typer.Option(
+        help="domain generalisation 'A,B->C': trials train and are scored on the source domains' "
+             "validation rows only")] = None,
     prune: Annotated[bool, typer.Option(help="median pruning on the per-epoch validation metric")] = True,
     heartbeat: Annotated[int, typer.Option(
         help="seconds between a running trial's heartbeats; a trial silent for --grace seconds "
@@ -473,7 +476,7 @@ def tune(
         model, dataset, space, out, trials, storage=storage, study=study, seed=seed,
         sampler_seed=sampler_seed, epochs=epochs, patience=patience, corrupt=corrupt,
         overrides=parse_sets(_with_preset(set_, preset), [model])[model], metric=metric,
-        prune=prune, heartbeat=heartbeat, grace=grace, verbose=verbose,
+        domain=domain, prune=prune, heartbeat=heartbeat, grace=grace, verbose=verbose,
         log=lambda msg: console.print(msg, markup=False, highlight=False),
     )
     states = ", ".join(f"{n} {s}" for s, n in sorted(res["states"].items()))

@@ -430,6 +430,7 @@ def tune(
     corrupt: str | None = None,
     overrides: dict | None = None,
     metric: str = "auto",
+    domain: str | None = None,
     prune: bool = True,
     heartbeat: int = DEFAULT_HEARTBEAT,
     grace: int | None = None,
@@ -438,7 +439,9 @@ def tune(
 ) -> dict:
     """Join (or create) study ``study`` in ``storage`` and run trials until the study holds
     ``trials`` of them; write ``OUT/best.json`` and ``OUT/trials.csv``. Returns the study's
-    summary (``best``: the best trial's number, value and config, or None; ``states``)."""
+    summary (``best``: the best trial's number, value and config, or None; ``states``).
+    ``domain="A,B->C"``: every trial trains on the source domains and is scored on their
+    validation rows (``TrainConfig.domain``); the target's rows are never read."""
     import optuna
 
     from msakit.data.dataset import MSADataset
@@ -460,7 +463,8 @@ def tune(
                           f" pass --space FILE")
     sp = load_space(space or space_path(model), model, fixed)
     base = TrainConfig(**{k: v for k, v in (("epochs", epochs), ("patience", patience),
-                                            ("corrupt", corrupt), ("select", metric))
+                                            ("corrupt", corrupt), ("select", metric),
+                                            ("domain", domain))
                           if v is not None})
     ds = dataset if isinstance(dataset, MSADataset) else load_dataset(dataset)
     metric_name, mode = select_metric(base, ds.task)
@@ -471,7 +475,8 @@ def tune(
     identity = {
         "model": model, "dataset": ds.name, "dataset_hash": ds.content_hash(),
         "space": sp.digest(), "seed": seed, "sampler_seed": sampler_seed,
-        "train": {k: getattr(base, k) for k in ("epochs", "patience", "corrupt", "select")},
+        "train": {k: getattr(base, k)
+                  for k in ("epochs", "patience", "corrupt", "select", "domain")},
         "set": {k: getattr(make_config(model, **fixed), k) for k in fixed},
         "metric": f"val/{metric_name}", "direction": direction, "prune": prune,
     }
