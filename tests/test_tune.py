@@ -29,7 +29,7 @@ from msakit.errors import ConfigError  # noqa: E402
 from msakit.tune import load_space, space_path  # noqa: E402
 
 MODELS = ("lnln", "hme", "cyin", "mult", "late_fusion", "tfn", "lmf", "misa", "self_mm", "almt",
-          "dashfusion", "midg")
+          "dashfusion", "midg", "mmslf")
 SPACE = """\
 model: late_fusion
 params:
@@ -409,3 +409,27 @@ def test_domain_search_scores_the_sources_validation_rows_only(tmp_path, space_f
     v = json.loads((tmp_path / "out" / "trials" / str(best["tune"]["trial"]) /
                     "metrics.json").read_text())["valid"]["mae"]
     assert best["tune"]["value"] == pytest.approx(v, abs=1e-6)
+
+
+def test_a_model_fitted_in_stages_runs_them_in_each_trial(tmp_path):
+    """MMSLF in a search: each trial fits the teacher in its folder, then the student (as
+    msakit.train does), and is scored on the student's validation score."""
+    from test_mmslf import SMALL, with_prompts
+
+    from msakit.data.registry import load_dataset
+    from msakit.tune import tune
+
+    space = tmp_path / "s.yaml"
+    space.write_text("model: mmslf\nparams:\n  gamma: {type: float, low: 0.1, high: 1.0, "
+                     "source: test}\n")
+    ds = with_prompts(load_dataset("synthetic-tiny"))
+    res = tune("mmslf", ds, space, tmp_path / "out", 1, epochs=1, overrides=SMALL)
+    assert res["states"] == {"complete": 1}
+    trial = tmp_path / "out" / "trials" / "0"
+    assert (trial / "teacher" / "metrics.json").exists()
+    cfg = json.loads((trial / "config.json").read_text())["model_config"]
+    assert cfg["stage"] == "student" and cfg["teacher_config_hash"]
+    best = json.loads((tmp_path / "out" / "best.json").read_text())
+    assert best["tune"]["value"] == pytest.approx(
+        json.loads((trial / "metrics.json").read_text())["valid"]["mae"], abs=1e-6)
+    assert "teacher_config" not in best["set"]  # retraining runs the stages again

@@ -548,6 +548,9 @@ def _run_trial(trial, sp, rdb, heartbeat, run_dir, model, ds, seed, base, fixed,
 
     import optuna
 
+    from msakit.train.api import StageContext, stage_plan
+    from msakit.train.engine import resolved_config
+
     with _Heartbeat(rdb, trial._trial_id, heartbeat):
         try:
             sampled: dict[str, Any] = {}
@@ -559,8 +562,16 @@ def _run_trial(trial, sp, rdb, heartbeat, run_dir, model, ds, seed, base, fixed,
             ov = {**fixed, **sampled}
             log(f"trial {trial.number}: {', '.join(f'{k}={v}' for k, v in {**ov, **train_part}.items())}"
                 f" -> {run_dir}")
-            res = fit_seed(model, ds, seed, run_dir, tcfg, ov, verbose=verbose,
-                           callbacks=[PruningCallback(trial, f"val/{metric_name}")])
+            # a model fitted in stages (MMSLF: teacher, then student) runs them as msakit.train
+            # does; the earlier stages in the trial's folder, pruning on the last one only
+            plan = stage_plan(model, ov, StageContext(
+                ds, lambda o: resolved_config(model, ds, seed, tcfg, o)))
+            for sub, stage_ov in (plan["before"] if plan else []):
+                fit_seed(model, ds, seed, run_dir / sub, tcfg, stage_ov, verbose=verbose)
+            res = fit_seed(model, ds, seed, run_dir, tcfg, plan["overrides"] if plan else ov,
+                           verbose=verbose,
+                           callbacks=[PruningCallback(trial, f"val/{metric_name}"),
+                                      *(plan["callbacks"] if plan else [])])
             return "complete", float(res.metrics["valid"][metric_name]), ""
         except optuna.TrialPruned:
             last = trial.storage.get_trial(trial._trial_id).last_step
