@@ -29,13 +29,13 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
-import resource
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from _refbench import machine, peak_mb, rss_mb, venv_python, worker_error  # benchmarks/
 
 SHAPES = {"text": (50, 768), "audio": (375, 5), "vision": (500, 20)}
 MMSA_VERSION = "2.2.1"
@@ -44,21 +44,6 @@ LR = 2e-3
 
 
 # ----------------------------------------------------------------------------- worker side
-def _rss_mb() -> float | None:
-    """Current resident set size in MiB (Linux /proc), None elsewhere."""
-    try:
-        with open("/proc/self/statm") as f:
-            pages = int(f.read().split()[1])
-        return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def _peak_mb() -> float:
-    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return r / 2**20 if sys.platform == "darwin" else r / 1024  # bytes on macOS, KiB on Linux
-
-
 def _data(batch: int):
     import torch
 
@@ -116,7 +101,7 @@ def worker(
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=LR)
-    base = _rss_mb()
+    base = rss_mb()
     times, cpu = [], []
     for i in range(warmup + steps):
         t0, c0 = time.perf_counter(), time.process_time()
@@ -131,7 +116,7 @@ def worker(
             cpu.append(dc_s)
         if not torch.isfinite(loss):
             raise RuntimeError(f"{impl}: non-finite loss at step {i}")
-    peak = _peak_mb()
+    peak = peak_mb()
     res = {
         "impl": impl,
         "version": version,
@@ -156,10 +141,6 @@ def default_venv() -> Path:
     from platformdirs import user_cache_dir
 
     return Path(user_cache_dir("msakit")) / "bench" / f"mmsa-{MMSA_VERSION}-venv"
-
-
-def venv_python(venv: Path) -> Path:
-    return venv / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
 
 
 def ensure_mmsa_venv(venv: Path) -> Path:
@@ -221,35 +202,10 @@ def run_worker(py: Path, impl: str, args: argparse.Namespace, steps: int, sets=(
             env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(args.threads)
         r = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if r.returncode != 0:
-            err = (r.stderr or r.stdout)[-2000:]
-            if r.returncode < 0:  # e.g. SIGKILL from the out-of-memory killer
-                err += f"\nkilled by signal {-r.returncode}"
-            return {"impl": impl, "error": err, "returncode": r.returncode}
+            return {"impl": impl, **worker_error(r, 2000)}
         res = json.loads(out.read_text())
         res["wall_s"] = time.perf_counter() - t0
         return res
-
-
-def machine() -> dict:
-    cpu = platform.processor() or platform.machine()
-    mem = None
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal"):
-                mem = round(int(line.split()[1]) / 2**20, 1)
-    except OSError:
-        pass
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "mem_gib": mem,
-        "python": platform.python_version(),
-        "os": platform.platform(),
-    }
 
 
 def ratios(mmsa: dict, ours: dict) -> dict:

@@ -62,8 +62,6 @@ import fnmatch
 import io
 import json
 import os
-import platform
-import resource
 import shutil
 import subprocess
 import sys
@@ -71,6 +69,8 @@ import tarfile
 import tempfile
 import time
 from pathlib import Path
+
+from _refbench import machine, peak_mb, rss_mb, venv_python, worker_error  # benchmarks/
 
 BATCH = 32
 MAX_LEN = 50
@@ -139,20 +139,6 @@ def counterpart(key: str) -> str | None:
 
 
 # ============================================================================ worker side
-def _rss_mb() -> float | None:
-    try:
-        with open("/proc/self/statm") as f:
-            pages = int(f.read().split()[1])
-        return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def _peak_mb() -> float:
-    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return r / 2**20 if sys.platform == "darwin" else r / 1024
-
-
 def _nparams(module, trainable_only: bool = True) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
 
@@ -587,7 +573,7 @@ def worker(spec: dict, work: Path, out: Path) -> None:
         torch.set_num_threads(spec["threads"])
     torch.manual_seed(0)
     fb, upd, info = BUILDERS[spec["impl"]](spec, work)
-    base = _rss_mb()
+    base = rss_mb()
     fbs, ups, steps, cpu = [], [], [], []
     for i in range(spec["warmup"] + spec["steps"]):
         t0, c0 = time.perf_counter(), time.process_time()
@@ -602,7 +588,7 @@ def worker(spec: dict, work: Path, out: Path) -> None:
             ups.append(t2 - t1)
             steps.append(t2 - t0)
             cpu.append(c2 - c0)
-    peak = _peak_mb()
+    peak = peak_mb()
     mean = lambda v: sum(v) / len(v)  # noqa: E731
     import transformers
 
@@ -631,10 +617,6 @@ def cache_root() -> Path:
     from platformdirs import user_cache_dir
 
     return Path(user_cache_dir("msakit")) / "bench"
-
-
-def venv_python(venv: Path) -> Path:
-    return venv / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
 
 
 def ensure_venv(kind: str, root: Path) -> Path:
@@ -859,30 +841,10 @@ def run_worker(py: Path, row: dict, args, work: Path, tmp: Path) -> dict:
     t0 = time.perf_counter()
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=str(tmp))
     if r.returncode != 0:
-        err = (r.stderr or r.stdout)[-3000:]
-        if r.returncode < 0:
-            err += f"\nkilled by signal {-r.returncode}"
-        return {"error": err, "returncode": r.returncode}
+        return worker_error(r, 3000)
     res = json.loads(out.read_text())
     res["wall_s"] = time.perf_counter() - t0
     return res
-
-
-def machine() -> dict:
-    cpu = platform.processor() or platform.machine()
-    mem = None
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal"):
-                mem = round(int(line.split()[1]) / 2**20, 1)
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "mem_gib": mem,
-            "python": platform.python_version(), "os": platform.platform()}
 
 
 def _fmt(v, spec=".2f"):

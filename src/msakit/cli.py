@@ -114,7 +114,7 @@ def train(
     console.quiet = not is_rank_zero()  # a distributed run's other ranks print nothing
     ds = _load(dataset)
     if prompts is not None:
-        from msakit.prompts import attach_prompts
+        from msakit.data.sources.prompts import attach_prompts  # not the prompt writer
 
         ds = attach_prompts(ds, prompts)
     from msakit.data.report import format_report, inspect_dataset

@@ -12,7 +12,8 @@ run the same command and join one study; together they run ``--trials`` trials i
   accuracy for classes) of the checkpoint selected on validation. The test split is never
   read by the search (unlike MMSA's tuning mode, which scores on test).
 - Every trial trains with the same seed (``seed``), so trials differ only in their parameters;
-  trial ``n`` trains into ``OUT/trials/<n>/`` (one :func:`msakit.train.engine.fit_seed`).
+  trial ``n`` trains into ``OUT/trials/<n>/`` (:func:`msakit.train.api.fit_planned`: the
+  model's stages, if it has any, then the scored fit).
 - Claiming: "count the study's trials, then create one" runs under a lock shared by every
   worker (an flock beside the SQLite file; a PostgreSQL advisory lock), so the study ends with
   exactly ``trials`` trials whatever the number of workers (ours; Optuna's own trial limit
@@ -447,7 +448,7 @@ def tune(
     from msakit.data.dataset import MSADataset
     from msakit.data.registry import load_dataset
     from msakit.models.base import make_config
-    from msakit.train.engine import TrainConfig, fit_seed, select_metric
+    from msakit.train.engine import TrainConfig, select_metric
 
     if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
         raise ConfigError(f"--trials {trials!r}: expected an integer >= 1")
@@ -457,7 +458,7 @@ def tune(
         raise ConfigError(f"--grace {grace}: expected more seconds than --heartbeat {heartbeat}")
     out = check_out_dir(out)
     fixed = dict(overrides or {})
-    make_config(model, **fixed)
+    fixed_cfg = make_config(model, **fixed)  # checks the fixed settings
     if space is None and not space_path(model).exists():
         raise ConfigError(f"model {model!r} has no packaged search space ({space_path(model).name});"
                           f" pass --space FILE")
@@ -477,7 +478,7 @@ def tune(
         "space": sp.digest(), "seed": seed, "sampler_seed": sampler_seed,
         "train": {k: getattr(base, k)
                   for k in ("epochs", "patience", "corrupt", "select", "domain")},
-        "set": {k: getattr(make_config(model, **fixed), k) for k in fixed},
+        "set": {k: getattr(fixed_cfg, k) for k in fixed},
         "metric": f"val/{metric_name}", "direction": direction, "prune": prune,
     }
     identity = json.loads(json.dumps(identity))  # as the storage returns it
@@ -522,7 +523,7 @@ def tune(
         run_dir = out / "trials" / str(folder)
         state, value, error = _run_trial(
             trial, sp, rdb, heartbeat, run_dir, model, ds, seed, base, fixed, metric_name,
-            verbose, log, fit_seed)
+            verbose, log)
         try:
             if rdb.get_trial(trial._trial_id).state != optuna.trial.TrialState.RUNNING:
                 raise optuna.exceptions.UpdateFinishedTrialError
@@ -543,12 +544,12 @@ def tune(
 
 
 def _run_trial(trial, sp, rdb, heartbeat, run_dir, model, ds, seed, base, fixed, metric_name,
-               verbose, log, fit_seed) -> tuple[str, float | None, str]:
+               verbose, log) -> tuple[str, float | None, str]:
     import dataclasses
 
     import optuna
 
-    from msakit.train.api import StageContext, stage_plan
+    from msakit.train.api import StageContext, fit_planned, stage_plan
     from msakit.train.engine import resolved_config
 
     with _Heartbeat(rdb, trial._trial_id, heartbeat):
@@ -557,8 +558,7 @@ def _run_trial(trial, sp, rdb, heartbeat, run_dir, model, ds, seed, base, fixed,
             for p in sp.params:
                 sampled.update(p.suggest(trial))
             train_part = {k: sampled.pop(k) for k in list(sampled) if k in TRAIN_KEYS}
-            tcfg = dataclasses.replace(base, **train_part)
-            tcfg.__post_init__()
+            tcfg = dataclasses.replace(base, **train_part)  # validated by __post_init__
             ov = {**fixed, **sampled}
             log(f"trial {trial.number}: {', '.join(f'{k}={v}' for k, v in {**ov, **train_part}.items())}"
                 f" -> {run_dir}")
@@ -566,12 +566,8 @@ def _run_trial(trial, sp, rdb, heartbeat, run_dir, model, ds, seed, base, fixed,
             # does; the earlier stages in the trial's folder, pruning on the last one only
             plan = stage_plan(model, ov, StageContext(
                 ds, lambda o: resolved_config(model, ds, seed, tcfg, o)))
-            for sub, stage_ov in (plan["before"] if plan else []):
-                fit_seed(model, ds, seed, run_dir / sub, tcfg, stage_ov, verbose=verbose)
-            res = fit_seed(model, ds, seed, run_dir, tcfg, plan["overrides"] if plan else ov,
-                           verbose=verbose,
-                           callbacks=[PruningCallback(trial, f"val/{metric_name}"),
-                                      *(plan["callbacks"] if plan else [])])
+            res = fit_planned(model, ds, seed, run_dir, tcfg, ov, plan, verbose,
+                              [PruningCallback(trial, f"val/{metric_name}")])
             return "complete", float(res.metrics["valid"][metric_name]), ""
         except optuna.TrialPruned:
             last = trial.storage.get_trial(trial._trial_id).last_step

@@ -194,3 +194,10 @@ class MSADataset:
         task = self.task if self.classes is None else f"{self.task}, {len(self.classes)} classes"
         return f"MSADataset({self.name!r}, {task}, {mods}, train/valid/test {sizes})"
 
+
+def scale_of(ds: MSADataset) -> str:
+    """The scale a dataset's metrics are on, e.g. "mosi [-3, 3]" or "classes [...]"."""
+    if ds.classes:
+        return f"classes {list(ds.classes)}"
+    lo, hi = ds.label_range
+    return f"{ds.label_scale} [{lo:g}, {hi:g}]"

@@ -33,7 +33,7 @@ from msakit.errors import ConfigError, DataError, MissingDataError, MsakitError,
 from msakit.extract.media import ClipError
 from msakit.extract.pipeline import MODALITIES, ClipFeatures, extract_video
 from msakit.extract.settings import ExtractSettings
-from msakit.fileio import read_json, write_json, write_npz
+from msakit.fileio import check_out_dir, read_json, write_json, write_npz
 
 VIDEO_EXTS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".flv", ".m4v", ".mpg", ".wav",
               ".mp3", ".m4a", ".flac")
@@ -186,9 +186,7 @@ def extract_dataset(video_dir: str | Path, out: str | Path, labels: str | Path |
     s = settings or ExtractSettings()
     if workers < 0:
         raise ConfigError(f"--workers {workers}: expected 0 or more (0 or 1: in this process)")
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out}: exists and is not a folder")
+    out = check_out_dir(out)
     jobs, failures = find_jobs(video_dir, labels)
     sfile = out / "settings.json"
     if sfile.is_file():

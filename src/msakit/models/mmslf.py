@@ -223,25 +223,27 @@ class _CrossBranch(nn.Module):
         """x (B, Lq, d) language; src (B, Ls, d), keep_s (B, Ls); p (B, n_p, d) prompt tokens
         and has_p (B,) (teacher). -> (B, Lq, d) and the last layer's map when ``want_map``."""
         att = None
+        # what does not change between blocks: the keys, which of them are kept, the mask
+        keys, keep = src, keep_s
+        if p is not None:
+            rows = torch.arange(x.shape[1], device=x.device).clamp_max(p.shape[1] - 1)
+            if self.prompt_keys:
+                keys = torch.cat([src, p], 1)
+                keep = torch.cat([keep_s, has_p[:, None].expand(-1, p.shape[1])], 1)
+        mask, empty = attention_mask(keep)
         for i, blk in enumerate(self.blocks):
             if want_map and i == len(self.blocks) - 1:
                 att = self.attention_map(blk, x, src, keep_s)
             if p is None:
-                mask, empty = attention_mask(keep_s)
                 x = blk(x, mask, empty, src)
                 continue
             # prompt modulation (additive, ours): bias_ij = (W_p p_i) . v_j / sqrt(dh)
             v = self._proj(blk, blk.norm_src(src), 2)  # (B, H, Ls, dh)
             pk = self._split(self.prompt_k[i](self.prompt_norm[i](p)))  # (B, H, n_p, dh)
-            rows = torch.arange(x.shape[1], device=x.device).clamp_max(p.shape[1] - 1)
             bias = (pk[:, :, rows] @ v.transpose(-1, -2)) * self.dim_head ** -0.5
             bias = bias * has_p[:, None, None, None].to(bias.dtype)
-            keys, keep = src, keep_s
             if self.prompt_keys:
-                keys = torch.cat([src, p], 1)
-                keep = torch.cat([keep_s, has_p[:, None].expand(-1, p.shape[1])], 1)
                 bias = F.pad(bias, (0, p.shape[1]))
-            mask, empty = attention_mask(keep)
             if mask is not None:
                 bias = bias.masked_fill(~mask, float("-inf"))
             x = blk(x, bias, empty, keys)

@@ -27,7 +27,9 @@ from typing import Any
 
 import numpy as np
 
+from msakit.data.dataset import LABEL_RANGES
 from msakit.errors import DataError, MsakitError, RunError
+from msakit.extract import stages
 
 MOSI_CLASSES = ("strongly negative", "negative", "weakly negative", "neutral",
                 "weakly positive", "positive", "strongly positive")
@@ -81,20 +83,6 @@ def extractor_settings(cfg: dict, where: str | os.PathLike) -> tuple[Any, list[s
                        f"set of extractor settings ({e})") from None
 
 
-def _ignore_stray_sigprof() -> None:
-    """MediaPipe's face landmarker arms per-thread CPU timers that raise SIGPROF, and sets
-    SIGPROF to ignored once per process; a Lightning fit() in the same process restores every
-    handler it saw at its start (SIGPROF back to its default, terminate), so the next
-    landmarker's timers kill the process (measured: train, then extract -> killed by SIGPROF).
-    Ignore it again where it is at that default (main thread only; signals are set there)."""
-    import signal
-    import threading
-
-    if (threading.current_thread() is threading.main_thread()
-            and signal.getsignal(signal.SIGPROF) == signal.SIG_DFL):
-        signal.signal(signal.SIGPROF, signal.SIG_IGN)
-
-
 class Predictor:
     """A run ready to predict videos. ``run``: a run folder (its finished ``seed_*``) or one
     seed's folder, or ``"default"`` (msakit.serve.default). ``extract``: the extraction
@@ -116,8 +104,7 @@ class Predictor:
         self.classes = self.cfg.get("classes")
         self.label_scale = self.cfg.get("label_scale", "mosi")
         rng = (self.cfg.get("dataset_info") or {}).get("label_range")
-        self.label_range = tuple(rng) if rng else {"mosi": (-3.0, 3.0), "sims": (-1.0, 1.0)}.get(
-            self.label_scale, (-3.0, 3.0))
+        self.label_range = tuple(rng) if rng else LABEL_RANGES.get(self.label_scale, (-3.0, 3.0))
         if extract is None:
             from msakit.extract import extract_video as extract
         self._extract = extract
@@ -125,8 +112,6 @@ class Predictor:
     def warm_up(self) -> None:
         """Load the extraction models now (ASR, openSMILE, text encoder), not in the first
         request."""
-        from msakit.extract import stages
-
         for kind in ("asr", "smile", "text"):
             stages.models(kind, self.settings)
 
@@ -169,7 +154,7 @@ class Predictor:
 
         path = Path(path)
         name = name or path.name
-        _ignore_stray_sigprof()
+        stages.ignore_sigprof()  # a fit() in this process may have reset it (see there)
         clip = self._extract(path, self.settings)
         split = self._split(clip, name)
         used = [m for m in self.modalities if bool(split.present[m][0])]

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from msakit.corrupt import parse_domain, parse_protocol, split_domain
-from msakit.data.dataset import MSADataset
+from msakit.data.dataset import MSADataset, scale_of
 from msakit.data.registry import load_dataset
 from msakit.errors import ConfigError, RunError
 from msakit.fileio import check_out_dir, read_json, write_json
@@ -89,6 +90,18 @@ def stage_plan(model: str, overrides: dict, ctx: StageContext) -> dict | None:
     return hook(overrides, ctx) if hook is not None else None
 
 
+def fit_planned(model: str, ds: MSADataset, seed: int, run_dir, tcfg: TrainConfig,
+                overrides: dict, plan: dict | None, verbose: bool = False, callbacks=()):
+    """One seed of a :func:`stage_plan`: its earlier stages in ``run_dir/<subfolder>`` (reused
+    when finished), then the main fit with the plan's overrides and ``callbacks`` followed by
+    the plan's own; a plain ``fit_seed`` when ``plan`` is None."""
+    for sub, stage_overrides in (plan["before"] if plan else []):
+        fit_seed(model, ds, seed, Path(run_dir) / sub, tcfg, stage_overrides, verbose=verbose)
+    cbs = [*callbacks, *(plan["callbacks"] if plan else [])]
+    return fit_seed(model, ds, seed, run_dir, tcfg, plan["overrides"] if plan else overrides,
+                    verbose=verbose, callbacks=cbs or None)
+
+
 def train(
     model: str,
     dataset: str | os.PathLike | MSADataset,
@@ -162,11 +175,7 @@ def train(
         for i, s in enumerate(seeds):
             if on_seed_start is not None:
                 on_seed_start(i, s)
-            for sub, stage_overrides in (plan["before"] if plan else []):
-                fit_seed(model, ds, s, out / f"seed_{s}" / sub, tcfg, stage_overrides,
-                         verbose=verbose)
-            fit_seed(model, ds, s, out / f"seed_{s}", tcfg, overrides, verbose=verbose,
-                     callbacks=list(plan["callbacks"]) if plan else None)
+            fit_planned(model, ds, s, out / f"seed_{s}", tcfg, overrides, plan, verbose)
         finished = [d for d in sorted(out.glob("seed_*")) if (d / "metrics.json").exists()]
         results = [read_json(d / "metrics.json") for d in finished]
         all_seeds = [read_json(d / "config.json")["seed"] for d in finished]
@@ -180,8 +189,7 @@ def train(
             "normalize": want["normalize"],
             "protocol": "clean (no corruption at evaluation)",
             # which scale the metrics are on (and how joined datasets' labels were mapped)
-            "label_scale": (f"classes {list(ds.classes)}" if ds.classes else
-                            f"{ds.label_scale} [{ds.label_range[0]:g}, {ds.label_range[1]:g}]"),
+            "label_scale": scale_of(ds),
             **({"label_scale_map": ds.info["label_scale_map"]}
                if "label_scale_map" in ds.info else {}),
             **({"domain": want["train"]["domain"], "splits": (

@@ -139,7 +139,8 @@ HIGHER_IS_BETTER = ("acc", "f1", "corr", "r2")
 ACCELERATORS = ("cpu", "gpu", "cuda", "mps", "auto")
 STRATEGIES = ("auto", "ddp")
 # train keys added after runs existed: a config.json without them holds their default
-TRAIN_DEFAULTS = {"devices": 1, "num_nodes": 1, "strategy": "auto"}
+TRAIN_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig)
+                  if f.name in ("devices", "num_nodes", "strategy")}
 
 
 def is_rank_zero() -> bool:
@@ -231,13 +232,13 @@ class _Rows(torch.utils.data.Dataset):
 
 def loader(
     split: SplitData, batch_size: int, shuffle: bool = False, seed: int = 0, epoch_fn=None,
-    bucket: bool = False, rank: int = 0, world: int = 1,
+    bucket: bool = False,
 ) -> DataLoader:
     """A DataLoader of :class:`Batch` over a split; evaluation loaders never shuffle. With
-    ``bucket``, training batches group token sequences of similar length (see _IndexSampler);
-    with ``world > 1``, this rank's share of each global batch."""
+    ``bucket``, training batches group token sequences of similar length (see _IndexSampler;
+    under DDP the engine sets its rank and world size, and it yields this rank's share)."""
     lengths = split.text_ids_mask.sum(1) if bucket and split.text_ids is not None else None
-    sampler = _IndexSampler(len(split), batch_size, shuffle, seed, epoch_fn, lengths, rank, world)
+    sampler = _IndexSampler(len(split), batch_size, shuffle, seed, epoch_fn, lengths)
     return DataLoader(
         _Rows(len(split)),
         batch_sampler=sampler,

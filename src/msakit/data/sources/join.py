@@ -27,7 +27,7 @@ from __future__ import annotations
 import numpy as np
 
 from msakit.data.batch import SplitData, concat_splits
-from msakit.data.dataset import LABEL_RANGES, SPLITS, MSADataset
+from msakit.data.dataset import LABEL_RANGES, SPLITS, MSADataset, scale_of
 from msakit.data.registry import register_prefix_loader
 from msakit.errors import ConfigError
 
@@ -71,13 +71,6 @@ def extractor(ds: MSADataset, m: str) -> str | None:
 
 def _absent(ds: MSADataset, m: str) -> bool:
     return not any(sd.present[m].any() for sd in ds.splits.values())
-
-
-def scale_of(ds: MSADataset) -> str:
-    if ds.classes:
-        return f"classes {list(ds.classes)}"
-    lo, hi = ds.label_range
-    return f"{ds.label_scale} [{lo:g}, {hi:g}]"
 
 
 def _reshape_absent(sd: SplitData, m: str, dim: int) -> SplitData:

@@ -48,16 +48,17 @@ def read_prompts(dir: str | os.PathLike) -> tuple[dict, list[dict], str]:
     return manifest, rows, hashlib.sha256(raw).hexdigest()
 
 
-def attach_prompts(ds, dir: str | os.PathLike):
+def attach_prompts(ds, dir: str | os.PathLike, read: tuple | None = None):
     """A copy of ``ds`` whose splits carry the cue texts of ``dir`` (``SplitData.prompt_text``,
     matched by sample id). Refuses when a training sample has no successful prompt; valid/test
     samples without one get "" (the student never reads prompts). The copy is named
     ``prompts:DIR`` (DIR resolved; ``prompts:DIR,NAME`` when ``ds`` is not the dataset the
     prompts were written for), which :func:`msakit.load_dataset` loads back, and its content hash also
-    covers prompts.jsonl, so a run's config.json records which prompts it used."""
+    covers prompts.jsonl, so a run's config.json records which prompts it used. ``read``:
+    what :func:`read_prompts` already returned for ``dir`` (not read again)."""
     from msakit.data.dataset import MSADataset
 
-    manifest, rows, sha = read_prompts(dir)
+    manifest, rows, sha = read or read_prompts(dir)
     path = Path(dir) / PROMPTS_FILE
     ok = {r["id"]: r["text"] for r in rows if r["status"] == "ok"}
     splits = {}
@@ -93,12 +94,13 @@ def load_prompted(spec: str, **kw):
     dir, _, base = body.partition(",")
     if not dir:
         raise ConfigError(f"--dataset {spec!r}: expected prompts:DIR[,DATASET]")
+    read = read_prompts(dir)
     if not base:
-        base = read_prompts(dir)[0].get("dataset")
+        base = read[0].get("dataset")
         if not isinstance(base, str) or not base:
             raise DataError(f"{Path(dir) / MANIFEST_FILE}: no 'dataset' entry; name it: "
                             f"prompts:{dir},DATASET")
-    return attach_prompts(load_dataset(base, **kw), dir)
+    return attach_prompts(load_dataset(base, **kw), dir, read)
 
 
 register_prefix_loader(PREFIX, load_prompted)
