@@ -389,3 +389,44 @@ def test_bank_holds_normalised_encodings_when_inputs_are_z_scored(dataset):
         raw, _ = model.encode(b)
     torch.testing.assert_close(model.bank_x, want, atol=1e-5, rtol=1e-5)
     assert not torch.allclose(model.bank_x, raw, atol=1e-3)
+
+
+def _write_bank_on_rank(rank: int, world: int, init: str, out: str) -> None:
+    """One rank of test_ddp_bank_writes_each_training_sample_once (spawned, gloo)."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    model = build(bank_size=8)
+    g = torch.Generator().manual_seed(0)
+    reps, has = torch.randn(6, 3, SMALL["d"], generator=g), torch.ones(6, 3, dtype=torch.bool)
+    ids = torch.tensor([10, 11, 12, 13, 14, 15])
+    # the engine's shares: global batch rows 0-4 split 3/2, then a one-row batch that rank 1
+    # receives as a padding row (the same id, other values: its dropout draws differ)
+    first = slice(0, 3) if rank == 0 else slice(3, 5)
+    model._write_bank(reps[first], has[first], ids[first])
+    last = reps[5:] if rank == 0 else reps[5:] + 1.0
+    model._write_bank(last, has[5:], ids[5:])
+    torch.save({k: getattr(model, k) for k in ("bank_x", "bank_present", "bank_ids", "bank_ptr")},
+               f"{out}/rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_ddp_bank_writes_each_training_sample_once(tmp_path):
+    """Data parallel HME: the bank after two global batches, one of them a single row (so
+    rank 1 holds a weight-0 padding row), equals the single-process bank on every rank; the
+    padding copy is neither stored twice nor allowed to overwrite the real row."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_write_bank_on_rank, args=(2, f"file://{tmp_path}/pg", str(tmp_path)), nprocs=2)
+    model = build(bank_size=8)
+    g = torch.Generator().manual_seed(0)
+    reps, has = torch.randn(6, 3, SMALL["d"], generator=g), torch.ones(6, 3, dtype=torch.bool)
+    ids = torch.tensor([10, 11, 12, 13, 14, 15])
+    model._write_bank(reps[:5], has[:5], ids[:5])
+    model._write_bank(reps[5:], has[5:], ids[5:])
+    assert sorted(model.bank_ids.tolist()) == [-1, -1, 10, 11, 12, 13, 14, 15]
+    for rank in (0, 1):
+        bank = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
+        for k, v in bank.items():
+            assert torch.equal(v, getattr(model, k)), (rank, k)

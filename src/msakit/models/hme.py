@@ -290,25 +290,36 @@ class _WeightedFusion(nn.Module):
         return (torch.stack(feats, 1) * w.unsqueeze(-1)).sum(1)
 
 
-def _gather_rows(*ts: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """All ranks' rows of each tensor, concatenated in rank order (padded all_gather, since
-    shares differ by a row); the tensors unchanged outside a multi-process group."""
+def _gather_rows(reps: torch.Tensor, has: torch.Tensor, ids: torch.Tensor):
+    """All ranks' bank rows (B, M, d), (B, M), (B,) in rank order, the tensors unchanged
+    outside a multi-process group. One all_gather of the sizes, one of the rows packed into
+    float64 (exact for float32 vectors, flags and ids below 2**53), padded to the largest share.
+    A training id that occurs twice is kept once, its first copy: the engine hands a rank left
+    without rows of a global batch that batch's first row at loss weight 0 (a padding row,
+    msakit.train.engine._IndexSampler), whose real copy is on rank 0, earlier in rank order."""
     import torch.distributed as dist
 
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
-        return ts
-    n = torch.tensor([ts[0].shape[0]], device=ts[0].device)
+        return reps, has, ids
+    b, m, d = reps.shape
+    n = torch.tensor([b], device=reps.device)
     sizes = [torch.zeros_like(n) for _ in range(dist.get_world_size())]
     dist.all_gather(sizes, n)
     top = int(max(int(s) for s in sizes))
-    out = []
-    for t in ts:
-        u = t.to(torch.uint8) if t.dtype == torch.bool else t  # gloo has no bool
-        pad = u.new_zeros((top - u.shape[0], *u.shape[1:]))
-        parts = [u.new_zeros((top, *u.shape[1:])) for _ in sizes]
-        dist.all_gather(parts, torch.cat([u, pad]))
-        out.append(torch.cat([p[: int(s)] for p, s in zip(parts, sizes, strict=True)]).to(t.dtype))
-    return tuple(out)
+    rows = torch.cat([reps.reshape(b, m * d).double(), has.double(), ids.double()[:, None]], 1)
+    rows = torch.cat([rows, rows.new_zeros(top - b, rows.shape[1])])
+    parts = [torch.zeros_like(rows) for _ in sizes]
+    dist.all_gather(parts, rows)
+    rows = torch.cat([p[: int(s)] for p, s in zip(parts, sizes, strict=True)])
+    ids = rows[:, -1].long()
+    pos = torch.arange(len(ids), device=ids.device)
+    uniq, inv = torch.unique(ids, return_inverse=True)
+    first = torch.full((len(uniq),), len(ids), device=ids.device).scatter_reduce(
+        0, inv, pos, "amin")
+    keep = (ids < 0) | (first[inv] == pos)
+    rows = rows[keep]
+    return (rows[:, : m * d].reshape(-1, m, d).to(reps.dtype), rows[:, m * d : -1].bool(),
+            rows[:, -1].long())
 
 
 @register_model("hme", HMEConfig)
