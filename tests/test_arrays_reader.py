@@ -11,6 +11,7 @@ import pytest
 
 import msakit.data  # noqa: F401  (registers every source)
 from msakit.data import catalog, registry
+from msakit.data.batch import collate
 from msakit.data.registry import DATASETS, load_dataset
 from msakit.data.sources.arrays import MMMO_FILES, load_arrays, load_mfn_folder
 from msakit.errors import DataError, MissingDataError
@@ -85,7 +86,7 @@ def test_two_d_modality_is_one_step(tmp_path):
 
 
 # ----------------------------------------------------------------------------- missing steps
-def test_zero_steps_missing_and_gaps_closed(tmp_path):
+def test_zero_steps_missing_and_gaps_kept_in_place(tmp_path):
     make_folder(tmp_path)
     a = split_arrays(4, 0)
     v = a["vision"]  # (4, 5, 2)
@@ -95,12 +96,17 @@ def test_zero_steps_missing_and_gaps_closed(tmp_path):
     write(tmp_path / "train.npz", **a)
     ds = load_arrays(tmp_path)
     tr = ds.splits["train"]
-    assert tr.lengths["vision"].tolist() == [2, 0, 3, 5]
+    assert tr.lengths["vision"].tolist() == [4, 0, 3, 5]  # one past the last observed step
     assert tr.present["vision"].tolist() == [True, False, True, True]
-    np.testing.assert_array_equal(tr.x["vision"][0, :2], v[0, [1, 3]])  # order kept
-    assert (tr.x["vision"][0, 2:] == 0).all() and (tr.x["vision"][1] == 0).all()
-    assert ds.info["gaps_closed"] == {"train/vision": 1}
+    # every step stays at its time position; the gaps are missing steps of the mask
+    np.testing.assert_array_equal(tr.x["vision"], v)
+    assert tr.observed("vision")[0].tolist() == [False, True, False, True, False]
+    assert ds.info["samples_with_gaps"] == {"train/vision": 1}
     assert ds.info["missing_step_share"]["train/vision"] == pytest.approx(1 - 10 / 20)
+    b = collate(tr, [0, 2])  # what a model is handed: the same steps, the same positions
+    assert b.mask["vision"][0].tolist() == [False, True, False, True]
+    assert b.mask["vision"][1].tolist() == [True, True, True, False]
+    np.testing.assert_array_equal(b.x["vision"][0, 1].numpy(), v[0, 1])
 
 
 def test_lengths_mask_and_present_keys(tmp_path):
@@ -118,8 +124,10 @@ def test_lengths_mask_and_present_keys(tmp_path):
     assert tr.lengths["text"].tolist() == [6, 3, 0, 1]
     assert tr.present["text"].tolist() == [True, True, False, True]
     assert (tr.x["text"][2] == 0).all() and (tr.x["text"][1, 3:] == 0).all()
-    assert tr.lengths["audio"].tolist() == [7, 8, 8, 8] and np.isfinite(tr.x["audio"]).all()
-    np.testing.assert_array_equal(tr.x["audio"][0, 1], a["audio"][0, 2])
+    assert tr.lengths["audio"].tolist() == [8, 8, 8, 8] and np.isfinite(tr.x["audio"]).all()
+    assert tr.observed("audio")[0].tolist() == [True, False] + [True] * 6
+    assert (tr.x["audio"][0, 1] == 0).all()  # the masked NaN step, in place
+    np.testing.assert_array_equal(tr.x["audio"][0, 2], a["audio"][0, 2])
     assert tr.present["vision"].tolist() == [True, False, True, True]
     assert tr.lengths["vision"][1] == 0
 
@@ -280,7 +288,9 @@ def test_mfn_regression_audio_video_only(tmp_path):
     assert ds.modalities == ("audio", "vision") and ds.dims == {"audio": 5, "vision": 3}
     assert ds.sizes() == {"train": 10, "valid": 4, "test": 5}
     assert ds.task == "regression" and ds.label_scale == "range"
-    assert (ds.splits["train"].lengths["audio"] == 5).all()
+    tr = ds.splits["train"]  # the leading zero step is missing, the others keep their place
+    assert (tr.lengths["audio"] == 6).all() and (tr.observed("audio").sum(1) == 5).all()
+    assert not tr.observed("audio")[:, 0].any()
     assert ds.info["format"] == "mfn-h5"
     (tmp_path / "meta.json").write_text(json.dumps({"label_range": [1, 5]}))
     assert load_mfn_folder(tmp_path).label_range == (1.0, 5.0)

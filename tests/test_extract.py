@@ -89,6 +89,17 @@ def test_speech_clip_asr_silence_and_no_face(speech_clip):
     assert c.words[0][1] >= 0.8 - 0.25
     assert 0 < c.lengths["audio"] < c.grid["audio"]
     assert c.grid["vision"] == pytest.approx(c.duration_s * 10, abs=1.5)
+    # in a dataset row every observed step keeps its place on the 10 ms grid: the leading
+    # silence is missing steps at the start, not dropped
+    from msakit.extract import clips_to_split
+
+    row = clips_to_split([c])
+    obs = row.observed("audio")[0]
+    assert row.x["audio"].shape[1] == c.grid["audio"] and obs.sum() == c.lengths["audio"]
+    assert not obs[:77].any() and obs[85:].any()
+    at = np.round(c.times["audio"] / 0.01).astype(int)
+    assert obs[at].all()
+    np.testing.assert_array_equal(row.x["audio"][0, at], c.x["audio"])
     assert c.x["audio"].shape[1] == 25 and c.x["text"].shape[1] == 384
     assert c.lengths["text"] == len(c.text_ids) >= len(c.words) + 2
     n = len(c.words)
@@ -141,7 +152,7 @@ def test_corrupt_file_is_a_clip_error(tmp_path):
 
 
 def test_real_face_video_blendshapes_pose_and_face_loss(tmp_path):
-    from msakit.extract import extract_video
+    from msakit.extract import clips_to_split, extract_video
 
     face = face_video()
     c = extract_video(face)
@@ -156,6 +167,8 @@ def test_real_face_video_blendshapes_pose_and_face_loss(tmp_path):
     seen[np.round(d.times["vision"] * 10).astype(int)] = True
     half = len(seen) // 2
     assert seen[:half].mean() > 0.5 and seen[half:].mean() < 0.2, seen.astype(int)
+    row = clips_to_split([d])  # frames without a face: missing steps in place in the row
+    np.testing.assert_array_equal(row.observed("vision")[0], seen)
     # the real face with espeak speech: all three modalities, words aligned to the face
     talk = extract_video(make_clip(tmp_path / "talk.mp4", SENTENCES[0], video=face,
                                    size="640x360"))

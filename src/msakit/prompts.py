@@ -134,7 +134,7 @@ def _observed(sd, i: int) -> str:
         if not sd.present[m][i]:
             parts.append(f"{m} absent")
         else:
-            parts.append(f"{m} {int(sd.lengths[m][i])}/{sd.x[m].shape[1]} steps")
+            parts.append(f"{m} {int(sd.observed(m, [i]).sum())}/{sd.x[m].shape[1]} steps")
     return ", ".join(parts)
 
 

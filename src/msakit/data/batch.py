@@ -27,6 +27,10 @@ class SplitData:
 
     x[m]: (N, L_m, D_m) float32 features, zero beyond each sample's length.
     lengths[m]: (N,) int64 number of valid steps (0 when the modality is absent).
+    mask: optional per-step observation, mask[m] (N, L_m) bool for any modality whose
+    observed steps have gaps (a frame without a face, a silent stretch): steps keep their time
+    positions and the gaps are missing, never zeros presented as data. False at every step
+    from lengths[m] on. A modality without an entry is observed on its first lengths[m] steps.
     present[m]: (N,) bool, whether modality m exists for the sample at all.
     y: (N,) float32 sentiment label. ids: N sample ids.
     y_m: optional per-modality labels (SIMS ``regression_labels_T/A/V``), each (N,).
@@ -52,6 +56,7 @@ class SplitData:
     prompt_text: list[str] | None = None
     prompt_ids: np.ndarray | None = None
     prompt_ids_mask: np.ndarray | None = None
+    mask: dict[str, np.ndarray] | None = None
 
     def __post_init__(self) -> None:
         try:
@@ -90,8 +95,10 @@ class SplitData:
                     f"(id {self.ids[i]!r})"
                 )
             self.lengths[m] = lens
+        if self.mask is not None:
+            self.mask = {m: self._step_mask(m, v) for m, v in self.mask.items()}
         if self.present is None:
-            self.present = {m: self.lengths[m] > 0 for m in self.x}
+            self.present = {m: self.observed(m).any(1) for m in self.x}
         self.present = {m: np.asarray(p, dtype=bool).reshape(-1) for m, p in self.present.items()}
         if self.y_m is not None:
             self.y_m = {m: np.asarray(v, dtype=np.float32).reshape(-1) for m, v in self.y_m.items()}
@@ -111,6 +118,36 @@ class SplitData:
             raise DataError("SplitData: text_ids and text_ids_mask come together")
         if (self.prompt_ids is None) != (self.prompt_ids_mask is None):
             raise DataError("SplitData: prompt_ids and prompt_ids_mask come together")
+
+    def _step_mask(self, m: str, v) -> np.ndarray:
+        if m not in self.x:
+            raise DataError(f"SplitData: mask has modality {m!r}, x has {sorted(self.x)}")
+        v = np.asarray(v)
+        want = self.x[m].shape[:2]
+        if v.shape != want or v.dtype.kind not in "bui":
+            raise DataError(f"SplitData: mask[{m!r}] must be (N, L)={want} bool, got shape "
+                            f"{v.shape} dtype {v.dtype}")
+        v = v.astype(bool)
+        late = v & (np.arange(want[1])[None, :] >= self.lengths[m][:, None])
+        if late.any():
+            i = int(np.flatnonzero(late.any(1))[0])
+            raise DataError(f"SplitData: mask[{m!r}] marks steps at or beyond lengths[{m!r}] "
+                            f"observed ({int(late.any(1).sum())} samples, the first id "
+                            f"{self.ids[i]!r}: length {self.lengths[m][i]})")
+        return np.ascontiguousarray(v)
+
+    def observed(self, m: str, idx: np.ndarray | None = None, steps: int | None = None
+                 ) -> np.ndarray:
+        """(N, L) bool, or rows ``idx`` and the first ``steps`` steps: the steps of m that are
+        observed (within the length, marked by ``mask``) in samples where m is present."""
+        rows = slice(None) if idx is None else idx
+        L = self.x[m].shape[1] if steps is None else steps
+        obs = np.arange(L)[None, :] < self.lengths[m][rows][:, None]
+        if self.mask is not None and m in self.mask:
+            obs &= self.mask[m][rows, :L]
+        if self.present is not None:
+            obs &= self.present[m][rows][:, None]
+        return obs
 
     def __repr__(self) -> str:
         mods = ", ".join(f"{m} {a.shape[1]}x{a.shape[2]}" for m, a in self.x.items())
@@ -152,6 +189,7 @@ class SplitData:
             prompt_text=None if self.prompt_text is None else [self.prompt_text[i] for i in idx],
             prompt_ids=take(self.prompt_ids),
             prompt_ids_mask=take(self.prompt_ids_mask),
+            mask=take_d(self.mask),
         )
 
 
@@ -236,7 +274,8 @@ class Corruption:
 
 
 def collate(split: SplitData, idx: np.ndarray | list[int], trim: bool = True) -> Batch:
-    """Gather rows ``idx`` of ``split`` into a Batch; masks come from true lengths.
+    """Gather rows ``idx`` of ``split`` into a Batch; masks are the observed steps
+    (:meth:`SplitData.observed`: lengths, per-step mask, present).
 
     With ``trim``, each modality is cut to the longest sample in the batch.
     """
@@ -248,9 +287,8 @@ def collate(split: SplitData, idx: np.ndarray | list[int], trim: bool = True) ->
         lens = split.lengths[m][idx]
         L = int(max(1, lens.max())) if trim and len(idx) else arr.shape[1]
         xm = torch.from_numpy(arr[idx, :L])
-        steps = torch.arange(L)[None, :]
-        mk = steps < torch.from_numpy(lens)[:, None]
-        pres = torch.from_numpy(split.present[m][idx]) & mk.any(1)
+        mk = torch.from_numpy(split.observed(m, idx, L))
+        pres = mk.any(1)
         x[m] = xm * mk[..., None]
         mask[m] = mk & pres[:, None]
         present[m] = pres
@@ -317,10 +355,12 @@ def concat_splits(parts: list[SplitData], domains: list[int] | None = None) -> S
     def pad(a: np.ndarray, L: int) -> np.ndarray:
         return a if a.shape[1] == L else np.pad(a, [(0, 0), (0, L - a.shape[1])] + [(0, 0)] * (a.ndim - 2))
 
-    x = {}
+    x, mask = {}, {}
     for m in dims:
         L = max(p.x[m].shape[1] for p in parts)
         x[m] = np.concatenate([pad(p.x[m], L) for p in parts])
+        if any(p.mask is not None and m in p.mask for p in parts):
+            mask[m] = np.concatenate([pad(p.observed(m), L) for p in parts])
 
     def cat_d(name: str):
         ds = [getattr(p, name) for p in parts]
@@ -345,4 +385,5 @@ def concat_splits(parts: list[SplitData], domains: list[int] | None = None) -> S
         raw_text=None if any(p.raw_text is None for p in parts) else [t for p in parts for t in p.raw_text],
         text_unk_id=parts[0].text_unk_id if ids_ok else None,
         prompt_text=None if any(p.prompt_text is None for p in parts) else [t for p in parts for t in p.prompt_text],
+        mask=mask or None,
     )

@@ -156,9 +156,9 @@ class MSADataset:
         return {s: len(sd) for s, sd in self.splits.items()}
 
     def content_hash(self) -> str:
-        """SHA-256 hex of every split's ids, labels, lengths, present flags, features (and
-        text ids, transcripts, prompt texts, per-modality labels, domains) and the label
-        scale/range/classes; cached."""
+        """SHA-256 hex of every split's ids, labels, lengths, step masks, present flags,
+        features (and text ids, transcripts, prompt texts, per-modality labels, domains) and
+        the label scale/range/classes; cached."""
         cached = self.__dict__.get("_content_hash")
         if cached is not None:
             return cached
@@ -175,7 +175,7 @@ class MSADataset:
             h.update(f"split|{s}|".encode())
             h.update(json.dumps(sd.ids).encode())
             put("y", sd.y)
-            for name in ("x", "lengths", "present", "y_m"):
+            for name in ("x", "lengths", "present", "y_m", "mask"):
                 for m, a in sorted((getattr(sd, name) or {}).items()):
                     put(f"{name}[{m}]", a)
             for name in ("text_ids", "text_ids_mask", "domain"):

@@ -40,10 +40,12 @@ MAX_VALUES = 15  # regression labels with at most this many distinct values: cou
 _CHUNK_ELEMS = 1 << 22  # samples per chunk ~ this many floats
 
 
-def _feature_stats(x: np.ndarray, lengths: np.ndarray, present: np.ndarray) -> dict:
-    """Per-feature count/sum/sumsq/min/max over observed steps, chunked over samples."""
+def _feature_stats(sd, m: str) -> dict:
+    """Per-feature count/sum/sumsq/min/max over the observed steps of ``sd.x[m]``, chunked
+    over samples."""
+    x = sd.x[m]
     n, L, D = x.shape
-    obs_len = np.where(present, np.minimum(lengths, L), 0)
+    obs_len = np.where(sd.present[m], np.minimum(sd.lengths[m], L), 0)
     s = np.zeros(D)
     ss = np.zeros(D)
     mn = np.full(D, np.inf)
@@ -52,13 +54,13 @@ def _feature_stats(x: np.ndarray, lengths: np.ndarray, present: np.ndarray) -> d
     count = 0
     nonfinite = 0
     step = max(1, _CHUNK_ELEMS // max(L * D, 1))
-    steps = np.arange(L)
     for i in range(0, n, step):
         lens = obs_len[i:i + step]
         if not lens.any():
             continue
         Lc = int(lens.max())
-        obs = x[i:i + step, :Lc][steps[None, :Lc] < lens[:, None]]  # (k, D) observed steps
+        rows = np.arange(i, min(i + step, n))
+        obs = x[i:i + step, :Lc][sd.observed(m, rows, Lc)]  # (k, D) observed steps
         cmin, cmax = obs.min(0), obs.max(0)
         if not (np.isfinite(cmin).all() and np.isfinite(cmax).all()):  # NaN/inf propagate
             fin = np.isfinite(obs)
@@ -78,15 +80,13 @@ def _feature_stats(x: np.ndarray, lengths: np.ndarray, present: np.ndarray) -> d
 def _modality_report(sd, m: str) -> tuple[dict, dict]:
     x = sd.x[m]
     n, L, D = x.shape
-    lengths = np.asarray(sd.lengths[m])
-    present = np.asarray(sd.present[m]) & (lengths > 0)
-    st = _feature_stats(x, lengths, present)
+    present = np.asarray(sd.present[m]) & (np.asarray(sd.lengths[m]) > 0)
+    st = _feature_stats(sd, m)
     n_pres = int(present.sum())
     out = {
         "dim": D, "max_len": L,
         "present_rate": n_pres / n if n else 0.0,
-        "observed_step_rate": float(np.minimum(lengths, L)[present].sum()) / (n_pres * L)
-        if n_pres and L else 0.0,
+        "observed_step_rate": st["count"] / (n_pres * L) if n_pres and L else 0.0,
         "observed_steps": st["count"],
     }
     c = st["count"]

@@ -44,14 +44,17 @@ _PER_MODALITY = {"label_T": "text", "label_A": "audio", "label_V": "vision"}
 def stack_clips(clips: Sequence[ClipFeatures], aligned: bool = False) -> dict[str, np.ndarray]:
     """The clips as padded arrays: ``x_<m>`` (N, L, D), ``mask_<m>`` (N, L), ``present_<m>``
     (N,), ``text_ids`` / ``text_ids_mask`` (N, L_t), ``raw_text`` and ``ids`` (N,) str.
-    Unaligned masks are prefixes (observed steps only are kept); aligned ones may have gaps
-    (a word without an observed step)."""
+    Masks have gaps where steps are missing: unaligned, each step sits at its place on its
+    modality's time grid (:meth:`ClipFeatures.on_grid`); aligned, a word without an observed
+    step of the modality is missing."""
     if not clips:
         raise ConfigError("stack_clips: expected at least one clip")
     out: dict[str, np.ndarray] = {}
     for m in MODALITIES:
-        seqs = [c.aligned[m] if aligned else c.x[m] for c in clips]
-        masks = [c.aligned_mask[m] if aligned else np.ones(len(c.x[m]), bool) for c in clips]
+        if aligned:
+            seqs, masks = [c.aligned[m] for c in clips], [c.aligned_mask[m] for c in clips]
+        else:
+            seqs, masks = zip(*(c.on_grid(m) for c in clips), strict=True)
         dims = {s.shape[1] for s in seqs}
         if len(dims) != 1:
             raise DataError(f"clips disagree on the {m} feature size: {sorted(dims)}; they were "

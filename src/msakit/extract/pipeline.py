@@ -2,7 +2,9 @@
 -> token features -> word alignment, each stage timed (:class:`ClipFeatures`).
 
 Unaligned features keep each modality's own rate (audio 10 ms, vision ``vision_fps``, text
-tokens) and hold only observed steps, in time order, with their start times. Word-aligned
+tokens) and hold only observed steps, in time order, with their start times;
+:meth:`ClipFeatures.on_grid` puts them back on the full time grid with a mask (what a dataset
+stores, so a silent stretch or a frame without a face is a gap of missing steps in place). Word-aligned
 features average the observed audio and vision steps whose intervals overlap each word's
 interval (MMSA's ``aligned_50`` convention, Zadeh et al. 2018's P2FA-style alignment), and the
 word's own tokens for text; a word with no observed step of a modality is missing there.
@@ -72,6 +74,20 @@ class ClipFeatures:
     @property
     def dims(self) -> dict[str, int]:
         return {m: int(self.x[m].shape[1]) for m in MODALITIES}
+
+    def on_grid(self, m: str) -> tuple[np.ndarray, np.ndarray]:
+        """(grid[m], D) features and (grid[m],) mask: each observed step at its place on the
+        modality's time grid (audio: 10 ms hops, vision: ``vision_fps``; text tokens have no
+        gaps), missing steps zero and False."""
+        x = self.x[m]
+        if m == "text":
+            return x, np.ones(len(x), bool)
+        rate = 1.0 / stages.AUDIO_HOP_S if m == "audio" else float(self.settings["vision_fps"])
+        at = np.clip(np.round(self.times[m] * rate).astype(np.int64), 0, max(self.grid[m] - 1, 0))
+        full = np.zeros((self.grid[m], x.shape[1]), np.float32)
+        mask = np.zeros(self.grid[m], bool)
+        full[at], mask[at] = x, True
+        return full, mask
 
     def meta(self) -> dict:
         """Everything but the arrays, JSON-able."""

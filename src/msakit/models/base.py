@@ -149,10 +149,7 @@ class MSAModel(nn.Module):
         by the text encoder is not z-scored."""
         for m in self._scaled():
             x = split.x[m]
-            obs = (np.arange(x.shape[1])[None, :] < split.lengths[m][:, None]) & split.present[
-                m
-            ][:, None]
-            v = x[obs].astype(np.float64)
+            v = x[split.observed(m)].astype(np.float64)
             mean = v.mean(0) if len(v) else np.zeros(x.shape[2])
             std = v.std(0) if len(v) > 1 else np.ones(x.shape[2])
             std = np.where(std > 1e-8 * np.maximum(1.0, np.abs(mean)), std, 1.0)

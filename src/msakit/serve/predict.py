@@ -128,7 +128,7 @@ class Predictor:
 
         got = clips_to_split([clip]) if self.feature_modalities else None
         transcript = (clip.transcript or "").strip()
-        x, lengths, present = {}, {}, {}
+        x, lengths, present, mask = {}, {}, {}, {}
         for m, d in self.dims.items():
             if m == "text" and self.reads_text:  # the encoder tokenises raw_text
                 x[m] = np.zeros((1, 1, d), np.float32)
@@ -139,12 +139,14 @@ class Predictor:
                                    f"the run was trained on {d}-d")
                 x[m], lengths[m] = got.x[m], got.lengths[m]
                 present[m] = got.present[m]
+                if got.mask and m in got.mask:
+                    mask[m] = got.mask[m]
                 continue
             else:
                 x[m], lengths[m] = np.zeros((1, 1, d), np.float32), np.zeros(1, np.int64)
             present[m] = lengths[m] > 0
         return SplitData(x=x, lengths=lengths, present=present, y=np.zeros(1), ids=[name],
-                         raw_text=[transcript])
+                         raw_text=[transcript], mask=mask or None)
 
     def predict(self, path: str | os.PathLike, name: str | None = None) -> dict:
         """Extract ``path`` and predict it; a plain dict (JSON-ready), see the module doc."""

@@ -45,11 +45,11 @@ of the three modalities may be absent (audio -> ``audio``, video -> ``vision``, 
 (regression, conventions as above) or one-hot classes (N, K) (classification, classes
 ``"0" .. "K-1"``). A ``meta.json`` as above is honoured. All-zero steps are missing.
 
-Missing steps, both layouts: msakit's data contract marks the observed steps of a sample by
-its length (steps ``0 .. length - 1``), so a sample whose missing steps lie *between*
-observed ones has its observed steps moved to the front, in order (the gap is dropped, the
-count of such samples is in ``info["gaps_closed"]``). Non-finite values at observed steps are
-an error; at missing steps they are ignored (set to 0).
+Missing steps, both layouts: every step keeps its time position; a sample whose missing
+steps lie before or between observed ones (left padding, a gap) keeps them as missing steps in
+its mask (``SplitData.mask``; the count of such samples is in ``info["samples_with_gaps"]``),
+so per-step alignment across modalities survives. Non-finite values at observed steps are an
+error; at missing steps they are ignored (set to 0).
 
 Errors: :class:`~msakit.errors.MissingDataError` for absent files or keys,
 :class:`~msakit.errors.DataError` for everything malformed; each names the file and key and
@@ -166,10 +166,11 @@ def _read_meta(folder: Path) -> dict:
 # ----------------------------------------------------------------------------- one split
 @dataclass
 class _Mod:
-    x: np.ndarray  # (N, L, D) float32, observed steps first, zero elsewhere
-    lengths: np.ndarray  # (N,) int64
+    x: np.ndarray  # (N, L, D) float32, zero at missing steps
+    lengths: np.ndarray  # (N,) int64, one past the last observed step
     present: np.ndarray  # (N,) bool
-    gaps: int  # samples whose observed steps were moved to the front
+    mask: np.ndarray | None  # (N, L) observed steps, when some sample has a gap
+    gaps: int  # samples with missing steps before or between observed ones
     src: str  # "file: key" for messages
 
 
@@ -283,14 +284,10 @@ def _modality(
             f"{where}: {int(bad.sum())} observed steps hold NaN or inf (first: sample {i}, step "
             f"{t}); fix them or mark them missing with mask_{key}/lengths_{key}"
         )
-    lens = obs.sum(axis=1).astype(np.int64)
-    prefix = steps < lens[:, None]
-    gaps = int((obs != prefix).any(axis=1).sum())
-    if gaps:  # move observed steps to the front, keeping their order
-        order = np.argsort(~obs, axis=1, kind="stable")
-        xf = np.take_along_axis(xf, order[:, :, None], axis=1)
-    xf[~prefix] = 0
-    return _Mod(xf, lens, lens > 0, gaps, where)
+    lens = np.where(obs, steps + 1, 0).max(axis=1, initial=0).astype(np.int64)
+    gaps = int((obs != (steps < lens[:, None])).any(axis=1).sum())
+    xf[~obs] = 0
+    return _Mod(xf, lens, lens > 0, obs if gaps else None, gaps, where)
 
 
 def _split_from_arrays(arrs: dict[str, np.ndarray], src: str, split: str) -> _RawSplit:
@@ -409,27 +406,29 @@ def build_dataset(
     splits, absent, gaps, missing_steps = {}, [], {}, {}
     for s, r in raw.items():
         n = len(r.labels)
-        x, lengths, present = {}, {}, {}
+        x, lengths, present, mask = {}, {}, {}, {}
         for m in mods:
             if m in r.mods:
                 md = r.mods[m]
                 x[m], lengths[m], present[m] = md.x, md.lengths, md.present
                 if md.gaps:
-                    gaps[f"{s}/{m}"] = md.gaps
+                    gaps[f"{s}/{m}"], mask[m] = md.gaps, md.mask
                 total = md.x.shape[0] * md.x.shape[1]
-                missing_steps[f"{s}/{m}"] = round(1 - float(md.lengths.sum()) / max(total, 1), 4)
+                seen = md.mask.sum() if md.gaps else md.lengths.sum()
+                missing_steps[f"{s}/{m}"] = round(1 - float(seen) / max(total, 1), 4)
             else:
                 absent.append(f"{s}/{m}")
                 x[m] = np.zeros((n, 1, dims[m][0]), np.float32)
                 lengths[m] = np.zeros(n, np.int64)
                 present[m] = np.zeros(n, bool)
-        splits[s] = SplitData(x=x, lengths=lengths, present=present, y=lab["y"][s], ids=r.ids)
+        splits[s] = SplitData(x=x, lengths=lengths, present=present, y=lab["y"][s], ids=r.ids,
+                              mask=mask or None)
     for m in mods:
         if f"train/{m}" in absent:
             warnings.warn(f"{name}: modality {m!r} has no training data (absent from "
                           f"{raw['train'].src}) but is in another split", RuntimeWarning,
                           stacklevel=3)
-    info = {**info, "absent_from_file": absent, "gaps_closed": gaps,
+    info = {**info, "absent_from_file": absent, "samples_with_gaps": gaps,
             "missing_step_share": missing_steps}
     for k in ("name", "description"):
         if k in meta:

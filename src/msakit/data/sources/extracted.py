@@ -29,26 +29,23 @@ def arrays_to_split(arrs: dict[str, np.ndarray], rows: np.ndarray, y: np.ndarray
                     unk_id: int | None, y_m: dict[str, np.ndarray] | None = None
                     ) -> tuple[SplitData, int]:
     """Rows of :func:`stack_clips` arrays as a SplitData, and how many (sample, modality)
-    pairs had gaps: msakit's contract marks observed steps by length, so observed steps
-    after a gap move to the front in order (as the array reader does)."""
-    x, lengths, present, gaps = {}, {}, {}, 0
+    pairs have missing steps before or between observed ones (kept in place, in the mask)."""
+    x, lengths, present, mask, gaps = {}, {}, {}, {}, 0
     for m in MODALITIES:
-        xm, mk = arrs[f"x_{m}"][rows], arrs[f"mask_{m}"][rows]
-        lens = mk.sum(1).astype(np.int64)
-        prefix = np.arange(mk.shape[1])[None, :] < lens[:, None]
-        moved = (mk != prefix).any(1)
-        gaps += int(moved.sum())
-        if moved.any():
-            order = np.argsort(~mk, axis=1, kind="stable")
-            xm = np.take_along_axis(xm, order[:, :, None], axis=1)
-        xm = np.where(prefix[..., None], xm, 0).astype(np.float32)
-        x[m], lengths[m], present[m] = xm, lens, arrs[f"present_{m}"][rows] & (lens > 0)
-    text_ids = arrs["text_ids"][rows]
-    tmask = arrs["text_ids_mask"][rows]
+        mk = arrs[f"mask_{m}"][rows]
+        steps = np.arange(mk.shape[1])[None, :]
+        lens = np.where(mk, steps + 1, 0).max(1, initial=0).astype(np.int64)
+        holes = (mk != (steps < lens[:, None])).any(1)
+        gaps += int(holes.sum())
+        if holes.any():
+            mask[m] = mk
+        x[m] = np.where(mk[..., None], arrs[f"x_{m}"][rows], 0).astype(np.float32)
+        lengths[m], present[m] = lens, arrs[f"present_{m}"][rows] & (lens > 0)
     split = SplitData(
         x=x, lengths=lengths, present=present, y=y, ids=[str(i) for i in arrs["ids"][rows]],
-        y_m=y_m, text_ids=text_ids, text_ids_mask=tmask,
-        raw_text=[str(t) for t in arrs["raw_text"][rows]], text_unk_id=unk_id)
+        y_m=y_m, text_ids=arrs["text_ids"][rows], text_ids_mask=arrs["text_ids_mask"][rows],
+        raw_text=[str(t) for t in arrs["raw_text"][rows]], text_unk_id=unk_id,
+        mask=mask or None)
     return split, gaps
 
 
@@ -113,7 +110,7 @@ def load_extracted(path: str | Path, aligned: bool | None = None, name: str | No
             "extractors": {k: {kk: vv for kk, vv in v.items() if kk != "ffmpeg"}
                            for k, v in manifest.get("extractors", {}).items()},
             "failures": len(manifest.get("failures", [])),
-            "gaps_closed": {s: g for s, g in gaps.items() if g}}
+            "samples_with_gaps": {s: g for s, g in gaps.items() if g}}
     return MSADataset(name=name or str(f.resolve() if aligned or path.is_file() else
                                        folder.resolve()),
                       splits=splits, label_scale=scale, info=info)

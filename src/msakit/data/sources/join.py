@@ -24,6 +24,8 @@ Compatibility, each refused with one line naming what differs:
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from msakit.data.batch import SplitData, concat_splits
@@ -75,19 +77,14 @@ def _absent(ds: MSADataset, m: str) -> bool:
 
 def _reshape_absent(sd: SplitData, m: str, dim: int) -> SplitData:
     """An all-absent modality as zeros of ``dim`` features (still absent, length 0)."""
-    x = dict(sd.x)
-    x[m] = np.zeros((len(sd), 1, dim), dtype=np.float32)
-    return SplitData(x=x, lengths=dict(sd.lengths), y=sd.y, ids=sd.ids, present=dict(sd.present),
-                     y_m=sd.y_m, text_ids=sd.text_ids, text_ids_mask=sd.text_ids_mask,
-                     domain=sd.domain, raw_text=sd.raw_text, text_unk_id=sd.text_unk_id)
+    mask = {k: v for k, v in (sd.mask or {}).items() if k != m} or None
+    return replace(sd, x={**sd.x, m: np.zeros((len(sd), 1, dim), dtype=np.float32)},
+                   lengths=dict(sd.lengths), present=dict(sd.present), mask=mask)
 
 
 def _relabel(sd: SplitData, prefix: str, f) -> SplitData:
-    return SplitData(
-        x=sd.x, lengths=sd.lengths, y=f(sd.y), ids=[f"{prefix}/{i}" for i in sd.ids],
-        present=sd.present, y_m=None if sd.y_m is None else {m: f(v) for m, v in sd.y_m.items()},
-        text_ids=sd.text_ids, text_ids_mask=sd.text_ids_mask, domain=sd.domain,
-        raw_text=sd.raw_text, text_unk_id=sd.text_unk_id)
+    return replace(sd, y=f(sd.y), ids=[f"{prefix}/{i}" for i in sd.ids],
+                   y_m=None if sd.y_m is None else {m: f(v) for m, v in sd.y_m.items()})
 
 
 def join_datasets(datasets: list[MSADataset], names: list[str] | None = None,

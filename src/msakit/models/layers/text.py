@@ -87,6 +87,8 @@ class TextEncoderLayer(nn.Module):
             lengths={**split.lengths, "text": lengths},
             present={**split.present, "text": present},
             text_ids=ids, text_ids_mask=mask, text_unk_id=self.unk_id,
+            mask=None if split.mask is None else {
+                m: v for m, v in split.mask.items() if m != "text"} or None,
         )
         self._splits = {id(split): (split, out)}  # the last split asked for
         return out
