@@ -425,3 +425,11 @@ def test_synthetic_datasets_pass_the_checks():
     ds = make_synthetic("synthetic-tiny")
     assert ds.task == "regression" and ds.label_range == (-3.0, 3.0)
     assert len(ds.content_hash()) == 64
+
+
+def test_first_line_quotes_a_reason_even_when_the_library_gives_none():
+    from msakit.errors import first_line
+
+    assert first_line(ValueError("")) == "ValueError"
+    assert first_line(OSError("\n  \nbad header at byte 9\ndetails")) == "bad header at byte 9"
+    assert first_line(RuntimeError("x" * 500), 50) == "x" * 50

@@ -33,3 +33,10 @@ class UnknownNameError(MsakitError, KeyError):
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0]) if self.args else ""
+
+
+def first_line(e: BaseException, limit: int = 200) -> str:
+    """The first non-empty line of ``str(e)`` cut to ``limit`` characters, or the exception's
+    type name when it has no message (for one-line errors that quote a library's reason)."""
+    lines = [ln for ln in str(e).strip().splitlines() if ln.strip()]
+    return (lines[0] if lines else type(e).__name__)[:limit]

@@ -77,7 +77,7 @@ def check_out_dir(out: str | os.PathLike) -> Path:
 def read_json(path: str | os.PathLike, expect: type = dict) -> Any:
     """A run file (config.json, metrics.json, summary.json, ...): a missing, unreadable or
     malformed one raises an msakit error naming it."""
-    from msakit.errors import MissingDataError, RunError
+    from msakit.errors import MissingDataError, RunError, first_line
 
     path = Path(path)
     try:
@@ -85,7 +85,7 @@ def read_json(path: str | os.PathLike, expect: type = dict) -> Any:
     except FileNotFoundError:
         raise MissingDataError(f"{path}: not found") from None
     except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise RunError(f"{path}: not a readable JSON file ({str(e).splitlines()[0][:120]})") from None
+        raise RunError(f"{path}: not a readable JSON file ({first_line(e, 120)})") from None
     if not isinstance(obj, expect):
         raise RunError(f"{path}: expected a JSON {expect.__name__}, got {type(obj).__name__}")
     return obj

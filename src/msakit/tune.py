@@ -46,7 +46,7 @@ from typing import Any
 
 import lightning as L
 
-from msakit.errors import ConfigError, MsakitError, RunError
+from msakit.errors import ConfigError, MsakitError, RunError, first_line
 from msakit.fileio import atomic_path, check_out_dir, read_json, write_json
 
 SPACES_DIR = Path(__file__).parent / "spaces"
@@ -141,7 +141,7 @@ def load_space(path: str | os.PathLike, model: str, fixed: dict | None = None) -
         raise ConfigError(f"--space {path}: not found") from None
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
         raise ConfigError(f"--space {path}: not a readable YAML file "
-                          f"({str(e).splitlines()[0]})") from None
+                          f"({first_line(e)})") from None
     if not isinstance(obj, dict) or not isinstance(obj.get("params"), dict) or not obj["params"]:
         raise ConfigError(f"--space {path}: expected a mapping with a non-empty 'params' mapping")
     bad = [k for k in obj if k not in ("model", "params", "source")]
@@ -310,8 +310,7 @@ def _claim_lock(url: str, study: str) -> Iterator[None]:
     except (sa.exc.SQLAlchemyError, ImportError) as e:
         if engine is not None:
             engine.dispose()
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ConfigError(f"--storage {redact(url)}: cannot connect ({first[:200]})") from None
+        raise ConfigError(f"--storage {redact(url)}: cannot connect ({first_line(e)})") from None
     try:
         with conn:
             key = int(_key(study), 16) - 2**63
@@ -346,8 +345,7 @@ def open_storage(url: str, heartbeat: int, grace: int | None):
                 heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1),
             )
         except (sa.exc.SQLAlchemyError, ImportError, ValueError) as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise ConfigError(f"--storage {redact(url)}: cannot open ({first[:200]})") from None
+            raise ConfigError(f"--storage {redact(url)}: cannot open ({first_line(e)})") from None
 
 
 class _Heartbeat:

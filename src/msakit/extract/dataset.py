@@ -29,7 +29,14 @@ import numpy as np
 
 from msakit.data.batch import SplitData
 from msakit.data.sources.extracted import FORMAT, arrays_to_split
-from msakit.errors import ConfigError, DataError, MissingDataError, MsakitError, RunError
+from msakit.errors import (
+    ConfigError,
+    DataError,
+    MissingDataError,
+    MsakitError,
+    RunError,
+    first_line,
+)
 from msakit.extract.media import ClipError
 from msakit.extract.pipeline import MODALITIES, ClipFeatures, extract_video
 from msakit.extract.settings import ExtractSettings
@@ -162,8 +169,7 @@ def _run_job(job: dict, settings: dict, clip_path: str) -> dict:
     except MsakitError:
         raise  # a setting or a missing model: every clip would fail the same way
     except Exception as e:  # noqa: BLE001  (one clip's surprise must not stop the others)
-        first = (str(e).strip().splitlines() or [""])[0][:200]
-        return {"error": f"{job['path']}: {type(e).__name__}: {first}"}
+        return {"error": f"{job['path']}: {type(e).__name__}: {first_line(e)}"}
     clip.save(clip_path)
     return clip.meta()
 

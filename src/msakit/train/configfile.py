@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from msakit.errors import ConfigError, MissingDataError
+from msakit.errors import ConfigError, MissingDataError, first_line
 
 TOP_KEYS = ("model", "dataset", "set", "train", "tune")
 # TrainConfig options a config file may set (the rest are per-machine display settings)
@@ -72,7 +72,7 @@ def _parse(path: Path, text: str) -> Any:
         try:
             return yaml.safe_load(text)
         except yaml.YAMLError as e:
-            raise ConfigError(f"--config {path}: not valid YAML ({str(e).splitlines()[0]})") from None
+            raise ConfigError(f"--config {path}: not valid YAML ({first_line(e)})") from None
     try:
         return json.loads(text)
     except ValueError as e:

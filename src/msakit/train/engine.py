@@ -54,7 +54,7 @@ from torch.utils.data import DataLoader, Sampler
 from msakit.corrupt import Protocol, parse_domain, parse_protocol
 from msakit.data.batch import Batch, SplitData, collate
 from msakit.data.dataset import SPLITS, MSADataset
-from msakit.errors import ConfigError, MissingDataError, MsakitError, RunError
+from msakit.errors import ConfigError, MissingDataError, MsakitError, RunError, first_line
 from msakit.fileio import atomic_path, check_out_dir, read_json, write_json
 from msakit.metrics import dataset_metrics
 from msakit.models.base import MSAModel, create_model, make_config
@@ -515,7 +515,7 @@ def load_checkpoint(path: Path) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001  (pickle, zip and unpickler errors all mean the same)
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = first_line(e)
         if "weights_only" in first or "Weights only load failed" in str(e):
             first = "it holds objects other than tensors and plain containers (refused)"
         elif len(first) < 20 or isinstance(e, (KeyError, EOFError)):  # torch's terse ones

@@ -33,7 +33,7 @@ from msakit.data.catalog import pinned, register_summary, require_files
 from msakit.data.dataset import MSADataset
 from msakit.data.registry import DatasetEntry, register_dataset
 from msakit.data.sources.csd import read_csd
-from msakit.errors import ConfigError, DataError, MissingDataError
+from msakit.errors import ConfigError, DataError, MissingDataError, first_line
 
 if TYPE_CHECKING:  # pandas loads on first use: `msakit datasets` starts fast
     import pandas as pd
@@ -71,7 +71,7 @@ def _csv(path: Path, **kw) -> pd.DataFrame:
     except FileNotFoundError:
         raise MissingDataError(f"{path}: not found") from None
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as e:
-        raise DataError(f"{path}: not a readable CSV ({str(e).strip().splitlines()[0]})") from None
+        raise DataError(f"{path}: not a readable CSV ({first_line(e)})") from None
 
 
 def _read(path: Path) -> np.ndarray:

@@ -27,7 +27,7 @@ from msakit.data.batch import SplitData
 from msakit.data.catalog import pinned, register_summary, require_files, sha256_file
 from msakit.data.dataset import LABEL_RANGES, SPLITS, MSADataset, check_ids, check_labels
 from msakit.data.registry import DatasetEntry, register_dataset, register_path_loader
-from msakit.errors import ConfigError, DataError, MissingDataError
+from msakit.errors import ConfigError, DataError, MissingDataError, first_line
 
 if TYPE_CHECKING:  # pandas loads on first use: `msakit datasets` starts fast
     import pandas as pd
@@ -75,7 +75,7 @@ def read_label_csv(path: str | Path) -> pd.DataFrame:
     except pd.errors.EmptyDataError:
         raise DataError(f"{path}: empty file; expected a header id,text,label,mode") from None
     except (pd.errors.ParserError, ValueError) as e:
-        raise DataError(f"{path}: not a readable CSV ({str(e).strip().splitlines()[0]})") from None
+        raise DataError(f"{path}: not a readable CSV ({first_line(e)})") from None
     df.columns = [str(c).strip() for c in df.columns]
     if "id" not in df.columns and {"video_id", "clip_id"} <= set(df.columns):
         df["id"] = df["video_id"] + "_" + df["clip_id"]

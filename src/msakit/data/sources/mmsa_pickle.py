@@ -37,7 +37,7 @@ from msakit.data.batch import MODALITIES, SplitData
 from msakit.data.catalog import pinned, register_summary
 from msakit.data.dataset import SPLITS, MSADataset
 from msakit.data.registry import DatasetEntry, register_dataset, register_path_loader
-from msakit.errors import DataError, MissingDataError
+from msakit.errors import DataError, MissingDataError, first_line
 
 _np_core = getattr(np, "_core", None) or np.core  # numpy 2 / numpy 1
 _MULTIARRAY = _np_core.multiarray
@@ -201,7 +201,7 @@ def safe_load_pickle(path: str | Path) -> object:
         except DataError:
             raise
         except Exception as e:  # anything a hostile or broken byte stream can raise
-            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+            msg = first_line(e)
             what = ("truncated (the pickle stream ends early)"
                     if isinstance(e, EOFError) or "truncated" in msg else "not a valid pickle")
             raise DataError(f"{path}: {what} ({type(e).__name__}: {msg})") from None
@@ -240,7 +240,7 @@ def _array(d: dict, key: str, where: str, dtype=None, copy: bool = False) -> np.
     try:
         return np.array(d[key], dtype=dtype, copy=copy or None)
     except (TypeError, ValueError) as e:
-        msg = str(e).splitlines()[0]
+        msg = first_line(e)
         raise DataError(f"{where}.{key}: expected a numeric array ({msg})") from None
 
 
