@@ -115,11 +115,8 @@ def main() -> None:
     if a.render:
         print(markdown(json.loads(a.render.read_text())))
         return
-    import torch
-
     from msakit.extract import stages
 
-    torch.set_num_threads(a.threads)
     stages.set_threads(a.threads)
     res = {"command": "python " + " ".join(sys.argv), "machine": f"{platform.node()} "
            f"({os.cpu_count()} cores)", "date": str(date.today()), "threads": a.threads,

@@ -215,6 +215,7 @@ def _build_msakit(spec: dict, work: Path):
     opt = kind(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     params = [p for g in groups for p in g["params"]]
     clip = float(cfg.grad_clip or 0.0)
+    by_value = getattr(cfg, "grad_clip_mode", "norm") == "value"
 
     def fb(i: int):
         b = prepared[i % len(prepared)]
@@ -224,8 +225,11 @@ def _build_msakit(spec: dict, work: Path):
         loss = model.loss(model(b), b)["total"]
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        if clip:  # the engine's Lightning gradient_clip_val: clipping by norm
-            torch.nn.utils.clip_grad_norm_(params, clip)
+        if clip:  # the engine's Lightning gradient_clip_val / gradient_clip_algorithm
+            if by_value:
+                torch.nn.utils.clip_grad_value_(params, clip)
+            else:
+                torch.nn.utils.clip_grad_norm_(params, clip)
         return loss
 
     enc = model.text_encoder.encoder
@@ -234,7 +238,7 @@ def _build_msakit(spec: dict, work: Path):
         "params_encoder": _nparams(enc),
         "text_lens": [int(b.text_ids.shape[1]) for b in prepared],
         "optimizer": f"{kind.__name__} (text_lr {cfg.text_lr}, lr {cfg.lr}, wd {cfg.weight_decay})",
-        "clip": f"norm {clip}" if clip else "none",
+        "clip": f"{'value' if by_value else 'norm'} {clip}" if clip else "none",
         "corruption": cfg.default_corrupt,
         "loss": getattr(cfg, "loss", "l1"),
         "config": {k: getattr(cfg, k) for k in overrides} or "defaults",

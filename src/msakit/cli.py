@@ -47,11 +47,8 @@ def expand_list_options(argv: list[str]) -> list[str]:
             while not eq and i < len(argv) and not argv[i].startswith("--"):
                 vals.append(argv[i])
                 i += 1
-            parts = [p for v in vals  # a domain:A,B->C protocol keeps its commas
-                     for p in ([v] if v.strip().startswith("domain:") else v.split(","))
-                     if p.strip()] or [""]
-            for v in parts:
-                out += [name, v.strip()]
+            for v in _split_protocols(vals) or [""]:  # a domain:A,B->C keeps its commas
+                out += [name, v]
             continue
         out.append(a)
         i += 1

@@ -35,6 +35,21 @@ def write_text(path: str | os.PathLike, text: str) -> None:
         raise
 
 
+def write_csv(path: str | os.PathLike, rows: Any) -> None:
+    """A pandas DataFrame (10 significant digits, ``\\n`` line ends) or a list of rows (the
+    first the header) as a CSV file, atomically."""
+    if isinstance(rows, list):
+        import csv
+        import io
+
+        buf = io.StringIO()
+        csv.writer(buf, lineterminator="\n").writerows(rows)
+        text = buf.getvalue()
+    else:
+        text = rows.to_csv(index=False, float_format="%.10g", lineterminator="\n")
+    write_text(path, text)
+
+
 def write_npz(path: str | os.PathLike, **arrays: Any) -> None:
     """``numpy.savez`` atomically (no pickles: plain arrays only)."""
     import numpy as np

@@ -33,7 +33,6 @@ was searched, or says "ours"); see :func:`load_space`.
 from __future__ import annotations
 
 import contextlib
-import csv
 import hashlib
 import json
 import os
@@ -47,7 +46,7 @@ from typing import Any
 import lightning as L
 
 from msakit.errors import ConfigError, MsakitError, RunError, first_line
-from msakit.fileio import atomic_path, check_out_dir, read_json, write_json
+from msakit.fileio import check_out_dir, read_json, write_csv, write_json
 
 SPACES_DIR = Path(__file__).parent / "spaces"
 PARAM_KEYS = ("type", "low", "high", "log", "step", "choices", "source")
@@ -593,24 +592,16 @@ def write_outputs(st, out: Path, params: dict[str, Param], identity: dict) -> di
 
     all_trials = st.get_trials(deepcopy=False)
     names = list(params)
-    _, tmp = atomic_path(out / "trials.csv")
-    try:
-        with open(tmp, "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["number", "state", "value", "epochs_reported", "retry_of", "duration_s",
-                        *names, "error"])
-            for t in sorted(all_trials, key=lambda t: t.number):
-                dur = t.duration.total_seconds() if t.duration is not None else ""
-                w.writerow([t.number, t.state.name.lower(),
-                            "" if t.value is None else repr(float(t.value)),
-                            len(t.intermediate_values), t.system_attrs.get("failed_trial", ""),
-                            f"{dur:.1f}" if dur != "" else "",
-                            *[t.params.get(n, "") for n in names],
-                            t.user_attrs.get("error", "")])
-        os.replace(tmp, out / "trials.csv")
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    rows = [["number", "state", "value", "epochs_reported", "retry_of", "duration_s", *names,
+             "error"]]
+    for t in sorted(all_trials, key=lambda t: t.number):
+        dur = t.duration.total_seconds() if t.duration is not None else None
+        rows.append([t.number, t.state.name.lower(),
+                     "" if t.value is None else repr(float(t.value)),
+                     len(t.intermediate_values), t.system_attrs.get("failed_trial", ""),
+                     "" if dur is None else f"{dur:.1f}",
+                     *[t.params.get(n, "") for n in names], t.user_attrs.get("error", "")])
+    write_csv(out / "trials.csv", rows)
     states: dict[str, int] = {}
     for t in all_trials:
         states[t.state.name.lower()] = states.get(t.state.name.lower(), 0) + 1

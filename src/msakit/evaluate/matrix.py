@@ -40,7 +40,7 @@ from msakit.evaluate.robustness import (
     write_sweep,
 )
 from msakit.evaluate.tables import markdown, pm
-from msakit.fileio import check_out_dir, read_json, write_json, write_text
+from msakit.fileio import check_out_dir, read_json, write_csv, write_json, write_text
 from msakit.models.base import parse_sets
 from msakit.train.api import DEFAULT_SEEDS, train
 from msakit.train.engine import TrainConfig
@@ -221,16 +221,15 @@ def run_matrix(
         ddir = out / "domain"
         ddir.mkdir(parents=True, exist_ok=True)
         table = domain_table(dsum, ds)
-        write_text(ddir / "domains.csv", table.to_csv(index=False, float_format="%.10g", lineterminator="\n"))
-        write_text(ddir / "domains_seeds.csv", per_seed.to_csv(index=False, float_format="%.10g",
-                                                               lineterminator="\n"))
+        write_csv(ddir / "domains.csv", table)
+        write_csv(ddir / "domains_seeds.csv", per_seed)
         write_text(ddir / "domains.md", domain_markdown(table, ds))
         figures.update({"domain": None, "domain_source": None})
         plan_protocols["domain"] = {"dir": str(ddir), "splits": plan_domains}
 
     summary = pd.concat(summaries, ignore_index=True)
     headline = pd.concat(headlines, ignore_index=True)
-    write_text(out / "matrix.csv", summary.to_csv(index=False, float_format="%.10g", lineterminator="\n"))
+    write_csv(out / "matrix.csv", summary)
     md = matrix_markdown(summary, headline, kind, ds.name, figures)
     if dom_records:
         md += "\n" + domain_markdown(table, ds)

@@ -40,7 +40,7 @@ from msakit.errors import ConfigError
 from msakit.evaluate.plots import plot_sweep
 from msakit.evaluate.runs import seed_dirs
 from msakit.evaluate.tables import sweep_latex, sweep_markdown
-from msakit.fileio import check_out_dir, read_json, write_json, write_text
+from msakit.fileio import check_out_dir, read_json, write_csv, write_json, write_text
 from msakit.metrics import dataset_metrics
 from msakit.train.engine import load_run_model
 
@@ -419,8 +419,8 @@ def write_sweep(
     paths = {k: out / f"robustness{s}" for k, s in (
         ("csv", ".csv"), ("seeds", "_seeds.csv"), ("md", ".md"), ("tex", ".tex"), ("png", ".png"),
         ("json", ".json"))}
-    write_text(paths["csv"], res.summary.to_csv(index=False, float_format="%.10g", lineterminator="\n"))
-    write_text(paths["seeds"], res.per_seed.to_csv(index=False, float_format="%.10g", lineterminator="\n"))
+    write_csv(paths["csv"], res.summary)
+    write_csv(paths["seeds"], res.per_seed)
     note = (f"Protocol `{m['protocol']}`, protocol seed {m['protocol_seed']}, {m['n_samples']} "
             f"{m['split']} samples; columns are levels, `mean` is the mean over levels.")
     if m.get("domain"):

@@ -151,11 +151,8 @@ def find_jobs(video_dir: str | Path, labels: str | Path | None = None
 
 # ----------------------------------------------------------------------------- workers
 def _init_worker() -> None:
-    import torch
-
     from msakit.extract import stages
 
-    torch.set_num_threads(1)
     stages.set_threads(1)
 
 

@@ -171,8 +171,7 @@ def extract_video(path: str | Path, settings: ExtractSettings | None = None,
         clock[:] = now
 
     tick()
-    for kind in ("asr", "smile", "text"):  # once per process; timed apart from the work
-        stages.models(kind, s)
+    stages.load_models(s)  # once per process; timed apart from the work
     tick("load")
     info = probe(path)
     if not (info["has_audio"] or info["has_video"]):

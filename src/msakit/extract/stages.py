@@ -38,8 +38,13 @@ _THREADS = {"n": 0}  # 0: torch's current setting
 
 
 def set_threads(n: int) -> None:
-    """Threads for Whisper and the text encoder in this process (a pool worker sets 1)."""
+    """Threads for Whisper, the text encoder and every torch op in this process (a pool
+    worker sets 1); 0 leaves torch's setting."""
     _THREADS["n"] = int(n)
+    if n > 0:
+        import torch
+
+        torch.set_num_threads(int(n))
 
 
 def _threads() -> int:
@@ -85,6 +90,13 @@ def models(kind: str, s: ExtractSettings):
         if key not in _CACHE:
             _CACHE[key] = _load(kind, s)
         return _CACHE[key]
+
+
+def load_models(s: ExtractSettings) -> None:
+    """Load every extraction model of settings ``s`` now (once per process), not in the
+    first clip."""
+    for kind in ("asr", "smile", "text"):
+        models(kind, s)
 
 
 def _load(kind: str, s: ExtractSettings):
@@ -270,7 +282,6 @@ def encode_words(words: list[str], s: ExtractSettings
                 np.zeros((0, dim), np.float32), np.zeros(0, bool), tok.unk_token_id)
     enc = tok(words, is_split_into_words=True, truncation=True, max_length=s.text_max_length,
               return_tensors="pt")
-    torch.set_num_threads(_threads())
     with torch.inference_mode():
         h = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]
                   ).last_hidden_state[0].float().numpy()

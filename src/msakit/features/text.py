@@ -71,16 +71,18 @@ def _quiet_hf():
             hf_logging.enable_progress_bar()
 
 
-def load_pretrained(name: str, what: str, hint: str = ""):
+def load_pretrained(name: str, what: str, hint: str = "", model: bool = True):
     """(tokenizer, model) of a hub name, local folder or the default alias, loaded with
-    ``AutoTokenizer``/``AutoModel.from_pretrained``; a failure is one :class:`ConfigError`
-    line naming ``what`` (e.g. ``text_encoder='x'``), plus ``hint``."""
+    ``AutoTokenizer``/``AutoModel.from_pretrained`` (the tokenizer alone with ``model=False``);
+    a failure is one :class:`ConfigError` line naming ``what`` (e.g. ``text_encoder='x'``),
+    plus ``hint``."""
     from transformers import AutoModel, AutoTokenizer
 
     path = resolve_encoder(name)
     try:
         with _quiet_hf():
-            return AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path)
+            tok = AutoTokenizer.from_pretrained(path)
+            return (tok, AutoModel.from_pretrained(path)) if model else tok
     except (OSError, ValueError) as e:
         raise ConfigError(
             f"{what}: cannot load it ({first_line(e)}); give a local folder with config.json, "

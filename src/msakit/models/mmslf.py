@@ -81,7 +81,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from msakit.data.batch import Batch
-from msakit.errors import ConfigError, RunError, first_line
+from msakit.errors import ConfigError, RunError
 from msakit.models.base import ModelConfig, MSAModel, Output, register_model
 from msakit.models.layers import AttentionBlock, AttentionEncoder, PositionalEncoding
 from msakit.models.layers.attention import attention_mask
@@ -165,17 +165,10 @@ _TOKENIZERS: dict[str, Any] = {}
 
 def _prompt_tokenizer(name: str):
     if name not in _TOKENIZERS:
-        from transformers import AutoTokenizer
+        from msakit.features.text import load_pretrained
 
-        from msakit.features.text import _quiet_hf, resolve_encoder
-
-        try:
-            with _quiet_hf():
-                _TOKENIZERS[name] = AutoTokenizer.from_pretrained(resolve_encoder(name))
-        except (OSError, ValueError) as e:
-            raise ConfigError(f"mmslf: prompt_encoder={name!r}: cannot load its tokenizer "
-                              f"({first_line(e)})"
-                              ) from None
+        _TOKENIZERS[name] = load_pretrained(name, f"mmslf: prompt_encoder={name!r}",
+                                            model=False)
     return _TOKENIZERS[name]
 
 
@@ -330,12 +323,12 @@ class MMSLF(MSAModel):
         if next(enc.encoder.parameters()).device != dev:
             enc.encoder.to(dev)
         has = valid.any(1)
-        h = torch.zeros(*ids.shape, enc.dim, device=dev)
-        if has.any() and self.config.prompt_finetune:
-            o = enc.encoder(input_ids=ids[has], attention_mask=valid[has].long())
-            h = h.index_put((has,), o.last_hidden_state.to(h.dtype))
-        elif has.any():
-            h = self._frozen_prompt_states(ids, valid, h)
+        if self.config.prompt_finetune:
+            h = enc.hidden(ids, valid)
+        else:
+            h = torch.zeros(*ids.shape, enc.dim, device=dev)
+            if has.any():
+                h = self._frozen_prompt_states(ids, valid, h)
         x = self.pos(self.prompt_in(h))
         n = self.prompt_learned.shape[1]
         x = torch.cat([self.prompt_learned.expand(x.shape[0], -1, -1), x], 1)

@@ -80,13 +80,10 @@ class Refused(Exception):
 
 def _worker_main(conn, run: str, threads: int) -> None:
     """A worker process: load the run once, then answer (path, name) jobs until EOF."""
-    import torch
-
     from msakit.errors import DataError, MsakitError
     from msakit.extract.stages import set_threads
     from msakit.serve.predict import Predictor
 
-    torch.set_num_threads(threads)
     set_threads(threads)
     try:
         predictor = Predictor(run)

@@ -112,8 +112,7 @@ class Predictor:
     def warm_up(self) -> None:
         """Load the extraction models now (ASR, openSMILE, text encoder), not in the first
         request."""
-        for kind in ("asr", "smile", "text"):
-            stages.models(kind, self.settings)
+        stages.load_models(self.settings)
 
     def describe(self) -> dict:
         """What the run is and what it reads (for /health and the page)."""

@@ -93,6 +93,16 @@ class TextEncoderLayer(nn.Module):
         self._splits = {id(split): (split, out)}  # the last split asked for
         return out
 
+    def hidden(self, ids: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """(B, L, dim) last hidden states of token ids (B, L) under attention mask ``valid``;
+        rows without a valid token are not run and stay zero."""
+        h = torch.zeros(*ids.shape, self.dim, device=ids.device)
+        rows = valid.any(1)
+        if rows.any():
+            out = self.encoder(input_ids=ids[rows], attention_mask=valid[rows].long())
+            h = h.index_put((rows,), out.last_hidden_state.to(h.dtype))
+        return h
+
     def forward(self, b: Batch) -> Batch:
         """``b`` with ``x["text"]`` the encoder's hidden states of ``b.text_ids``, zero where
         the text mask (valid, not dropped tokens of present text) is False."""
@@ -101,11 +111,7 @@ class TextEncoderLayer(nn.Module):
                 f"text_encoder={self.name!r}: the batch has no token ids (prepare the split "
                 f"with model.prepare_split first)")
         valid = b.text_ids_mask
-        rows = valid.any(1)
-        h = torch.zeros(*b.text_ids.shape, self.dim, device=b.text_ids.device)
-        if rows.any():  # sentences with no token at all are not run
-            out = self.encoder(input_ids=b.text_ids[rows], attention_mask=valid[rows].long())
-            h = h.index_put((rows,), out.last_hidden_state.to(h.dtype))
+        h = self.hidden(b.text_ids, valid)
         obs = b.observed("text")  # the protocols dropped text steps and tokens together
         if obs.shape != valid.shape:
             raise DataError(
