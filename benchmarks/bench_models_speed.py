@@ -92,7 +92,7 @@ def measure(name: str, bs: int, steps: int, overrides: dict, threads: int) -> di
     batch = make_batch(bs)
     model = msakit.create_model(name, {m: d for m, (_, d) in SHAPES.items()}, **overrides)
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    opt = model.make_optimizer()  # the engine's optimiser (fused where torch has it)
     prot = parse_protocol(model.config.default_corrupt)
     model.train()
 

@@ -376,10 +376,9 @@ def _build_msakit(name: str, x: dict, y, sets: list[str]):
             model.loss(model(b0), b0)
         model.on_train_epoch_start(1, engine)  # the timed steps are epoch 2's
         prot = parse_protocol(cfg.default_corrupt)
-        groups = model.optimizer_groups()
-        kind = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
-        opt = kind(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        params = [p for g in groups for p in g["params"]]
+        opt = model.make_optimizer()  # the engine's (fused where torch has it)
+        kind = type(opt)
+        params = [p for g in opt.param_groups for p in g["params"]]
         clip, mode = float(cfg.grad_clip or 0.0), cfg.grad_clip_mode
 
         def fwd():
@@ -398,9 +397,11 @@ def _build_msakit(name: str, x: dict, y, sets: list[str]):
                 torch.nn.utils.clip_grad_norm_(params, clip)
             return loss
 
-        lrs = sorted({g.get("lr", cfg.lr) for g in groups})
+        groups = opt.param_groups
+        lrs = sorted({g["lr"] for g in groups})
+        fused = " fused" if groups[0].get("fused") else ""
         info.update(config={k: getattr(cfg, k) for k in overrides},
-                    optimizer=f"{kind.__name__} (lr {'/'.join(map(str, lrs))}, wd "
+                    optimizer=f"{kind.__name__}{fused} (lr {'/'.join(map(str, lrs))}, wd "
                               f"{cfg.weight_decay}, {len(groups)} group(s))",
                     clip=f"{mode} {clip}" if clip else "none",
                     loss=f"model.loss total ({cfg.loss})",

@@ -209,11 +209,9 @@ def _build_msakit(spec: dict, work: Path):
     model.on_train_epoch_start(0, None)
     model.train()
     prot = parse_protocol(cfg.default_corrupt)
-    groups = model.optimizer_groups() if hasattr(model, "optimizer_groups") else [
-        {"params": [p for p in model.parameters() if p.requires_grad]}]
-    kind = torch.optim.Adam if getattr(cfg, "optimizer", "adamw") == "adam" else torch.optim.AdamW
-    opt = kind(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    params = [p for g in groups for p in g["params"]]
+    opt = model.make_optimizer()  # the engine's (fused where torch has it)
+    kind = type(opt)
+    params = [p for g in opt.param_groups for p in g["params"]]
     clip = float(cfg.grad_clip or 0.0)
     by_value = getattr(cfg, "grad_clip_mode", "norm") == "value"
 

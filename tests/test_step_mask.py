@@ -102,3 +102,28 @@ def test_bad_masks_are_refused_with_the_field_named(bad, words):
     sd = gapped()
     with pytest.raises(DataError, match=words):
         SplitData(x=sd.x, lengths=sd.lengths, y=sd.y, ids=sd.ids, mask=bad)
+
+
+def test_rnn_last_is_the_packed_runs_final_state_whatever_sits_under_the_mask():
+    """The padded fast path (models.layers.rnn_last) against the packed run it replaces: the
+    same state after each row's last observed step, gaps and unequal lengths included, and no
+    NaN under a mask reaches the weight gradients."""
+    from msakit.models.layers import pack_observed, rnn_last
+
+    torch.manual_seed(0)
+    rnn = torch.nn.LSTM(3, 5, batch_first=True)
+    x = torch.randn(4, 9, 3)
+    obs = torch.ones(4, 9, dtype=torch.bool)
+    obs[0, 6:] = False  # shorter
+    obs[1, [2, 3, 7]] = False  # gaps
+    obs[2, :4] = False  # leading missing steps
+    _, (h, _) = rnn(pack_observed(x, obs))
+    torch.testing.assert_close(rnn_last(rnn, x, obs), h[-1], atol=1e-5, rtol=1e-5)
+    junk = x.masked_fill(~obs[..., None], float("nan"))
+    out = rnn_last(rnn, junk, obs)
+    torch.testing.assert_close(out, h[-1], atol=1e-5, rtol=1e-5)
+    out.sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in rnn.parameters())
+    full = torch.ones(4, 9, dtype=torch.bool)  # nothing missing: no gather, no masking
+    _, (hf, _) = rnn(x)
+    torch.testing.assert_close(rnn_last(rnn, x, full), hf[-1], atol=1e-5, rtol=1e-5)

@@ -230,6 +230,18 @@ class MSAModel(nn.Module):
         groups = [g for g in groups if g["params"]]
         return groups + ([{"params": enc, "lr": self.config.text_lr}] if enc else [])
 
+    def make_optimizer(self) -> torch.optim.Optimizer:
+        """The config's optimiser (``adam`` or ``adamw``, ``lr``, ``weight_decay``) over
+        :meth:`optimizer_groups`, with torch's fused kernel when every parameter allows it
+        (float on CPU or CUDA): the same update in one pass, several times faster than the
+        per-tensor loop on CPU (ours; the reference trainers use the default)."""
+        c = self.config
+        kind = torch.optim.AdamW if c.optimizer == "adamw" else torch.optim.Adam
+        groups = self.optimizer_groups()
+        fused = all(p.is_floating_point() and p.device.type in ("cpu", "cuda")
+                    for g in groups for p in g["params"])
+        return kind(groups, lr=c.lr, weight_decay=c.weight_decay, fused=fused or None)
+
 
 def _prepare_inputs(model: MSAModel, args: tuple) -> tuple | None:
     """Forward pre-hook: the batch as the model reads it (see prepare_batch)."""

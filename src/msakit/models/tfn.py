@@ -64,7 +64,7 @@ from torch import nn
 
 from msakit.data.batch import Batch
 from msakit.models.base import ModelConfig, MSAModel, Output, register_model
-from msakit.models.layers import masked_mean, pack_observed
+from msakit.models.layers import masked_mean, rnn_last
 
 
 @dataclass
@@ -101,9 +101,10 @@ class TFNConfig(ModelConfig):
 class TextSubNet(nn.Module):
     """One-layer LSTM over the observed steps only; last hidden state -> dropout -> Linear.
 
-    Observed steps are gathered to the front (time order kept) and packed, so neither padding
-    nor dropped steps inside the sequence reach the LSTM. Rows with nothing observed return a
-    value the caller must replace (it depends on no input content)."""
+    The state after each row's last observed step, with its observed steps in time order
+    (:func:`~msakit.models.layers.rnn_last`), so neither padding nor dropped steps inside the
+    sequence reach it. Rows with nothing observed return a value the caller must replace (it
+    depends on no input content)."""
 
     def __init__(self, in_size: int, hidden: int, out: int, dropout: float) -> None:
         super().__init__()
@@ -112,8 +113,7 @@ class TextSubNet(nn.Module):
         self.linear_1 = nn.Linear(hidden, out)
 
     def forward(self, x: torch.Tensor, obs: torch.Tensor) -> torch.Tensor:
-        _, (h, _) = self.rnn(pack_observed(x, obs))
-        return self.linear_1(self.dropout(h[-1]))
+        return self.linear_1(self.dropout(rnn_last(self.rnn, x, obs)))
 
 
 class SubNet(nn.Module):

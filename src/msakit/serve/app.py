@@ -119,12 +119,19 @@ def _context():
 
 
 class _Worker:
+    """A worker process, started at construction; :meth:`ready` waits until it has loaded
+    the run (so several load at once)."""
+
     def __init__(self, run: str, threads: int) -> None:
         ctx = _context()
+        self.run = run
         self.conn, child = ctx.Pipe()
         self.proc = ctx.Process(target=_worker_main, args=(child, run, threads), daemon=True)
         self.proc.start()
         child.close()
+
+    def ready(self) -> _Worker:
+        run = self.run
         try:
             kind, info = self.conn.recv()  # blocks until the model is loaded
         except (EOFError, OSError):
@@ -135,6 +142,7 @@ class _Worker:
             self.proc.join(5)
             raise ConfigError(str(info))
         self.info = info
+        return self
 
     def kill(self) -> None:
         self.proc.kill()
@@ -154,9 +162,16 @@ class WorkerPool:
         self._all: list[_Worker] = []
 
     def start(self) -> None:
-        """Spawn the workers (blocking until each has loaded the model)."""
-        for _ in range(self.cfg.workers):
-            w = _Worker(self.cfg.run, self.cfg.threads)
+        """Spawn the workers, which load the model in parallel; block until all are ready."""
+        spawned = [_Worker(self.cfg.run, self.cfg.threads) for _ in range(self.cfg.workers)]
+        try:
+            for w in spawned:
+                w.ready()
+        except BaseException:
+            for w in spawned:
+                w.kill()
+            raise
+        for w in spawned:
             self._all.append(w)
             self.idle.put_nowait(w)
         log.info("%d worker(s) ready: %s", len(self._all), self._all[0].info)
@@ -170,7 +185,7 @@ class WorkerPool:
         dead.kill()
         self._all = [x for x in self._all if x is not dead]
         try:
-            w = await asyncio.to_thread(_Worker, self.cfg.run, self.cfg.threads)
+            w = await asyncio.to_thread(lambda: _Worker(self.cfg.run, self.cfg.threads).ready())
         except Exception:  # noqa: BLE001  (logged; /health shows one worker fewer)
             log.exception("could not replace a worker")
             return

@@ -338,8 +338,7 @@ class LitMSA(L.LightningModule):
 
     def configure_optimizers(self):
         cfg = self.model.config
-        kind = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
-        opt = kind(self.model.optimizer_groups(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        opt = self.model.make_optimizer()
         if cfg.lr_schedule == "constant" and cfg.warmup_frac == 0:
             return opt
         if cfg.lr_schedule == "plateau":

@@ -14,6 +14,7 @@ from msakit.models.layers.common import (
     mlp,
     observed_first,
     pack_observed,
+    rnn_last,
     window_mean,
 )
 
@@ -28,5 +29,6 @@ __all__ = [
     "mlp",
     "observed_first",
     "pack_observed",
+    "rnn_last",
     "window_mean",
 ]

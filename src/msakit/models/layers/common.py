@@ -13,8 +13,8 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """x (B, L, D), mask (B, L) bool -> (B, D); rows with no observed step give zeros."""
-    w = mask.to(x.dtype).unsqueeze(-1)
-    return (x * w).sum(1) / w.sum(1).clamp_min(1.0)
+    w = mask.to(x.dtype).unsqueeze(1)  # (B, 1, L): one batched matrix product, no (B, L, D) copy
+    return torch.bmm(w, x).squeeze(1) / w.sum(2).clamp_min(1.0)
 
 
 def window_mean(
@@ -90,6 +90,28 @@ def observed_first(obs: torch.Tensor) -> torch.Tensor:
     """(B, L) observed mask -> (B, L) step indices: each row's observed steps first, in time
     order, then the others."""
     return torch.argsort((~obs).to(torch.uint8), dim=1, stable=True)
+
+
+def rnn_last(rnn: nn.RNNBase, x: torch.Tensor, obs: torch.Tensor) -> torch.Tensor:
+    """(B, H) last hidden state of a unidirectional batch-first ``rnn`` (its top layer) after
+    each row's observed steps, read in time order: the state a packed run would end in.
+
+    The observed steps are moved to the front only when some row has a gap, content under the
+    mask is zeroed, and the RNN runs on the padded batch (oneDNN's fused kernel on CPU, several times
+    faster than a packed run over unequal lengths); a causal RNN's output at a row's last
+    observed step does not depend on the steps after it. Rows with no observed step get a
+    value the caller must replace."""
+    if rnn.bidirectional:
+        raise ValueError("rnn_last: a bidirectional RNN needs pack_observed")
+    n = obs.sum(1)
+    steps = torch.arange(obs.shape[1], device=obs.device)
+    if not bool((obs == (steps[None, :] < n[:, None])).all()):  # a gap: observed steps first
+        x = x.gather(1, observed_first(obs).unsqueeze(-1).expand_as(x))
+        obs = steps[None, :] < n[:, None]
+    if not bool(obs.all()):  # zeros, so no NaN under a mask reaches the weight gradients
+        x = x.masked_fill(~obs.unsqueeze(-1), 0.0)
+    out, _ = rnn(x)
+    return out[torch.arange(x.shape[0], device=x.device), (n - 1).clamp_min(0)]
 
 
 def pack_observed(x: torch.Tensor, obs: torch.Tensor) -> PackedSequence:
