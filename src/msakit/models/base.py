@@ -183,10 +183,11 @@ class MSAModel(nn.Module):
             x = dict(b.x)
             for m in self._scaled():
                 if m in x:
-                    obs = b.observed(m)[..., None]
-                    mean = getattr(self, f"norm_mean_{m}").to(x[m].dtype)
-                    std = getattr(self, f"norm_std_{m}").to(x[m].dtype)
-                    x[m] = torch.where(obs, (x[m] - mean) / std, torch.zeros_like(x[m]))
+                    scale = 1.0 / getattr(self, f"norm_std_{m}").to(x[m].dtype)
+                    shift = -getattr(self, f"norm_mean_{m}").to(x[m].dtype) * scale
+                    # (x - mean) / std in one pass, then zeros (not NaN * 0) where unobserved
+                    x[m] = torch.addcmul(shift, x[m], scale).masked_fill_(
+                        ~b.observed(m)[..., None], 0.0)
             b = b.replace(x=x)
         return b.replace(prepared=True)
 
