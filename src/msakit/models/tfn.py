@@ -204,7 +204,7 @@ def tensor_fusion(hs: list[torch.Tensor]) -> torch.Tensor:
     slowest."""
     z = with_one(hs[0])
     for h in hs[1:]:
-        z = (z.unsqueeze(2) * with_one(h).unsqueeze(1)).flatten(1)
+        z = torch.bmm(z.unsqueeze(2), with_one(h).unsqueeze(1)).flatten(1)  # exact products
     return z
 
 
