@@ -363,7 +363,8 @@ def _build_msakit(name: str, x: dict, y, sets: list[str]):
                                                          "attn_dropout_mode")},
                     optimizer=f"Adam (lr {LR})", clip=f"value {CLIP_VALUE}", loss="L1")
     else:
-        model.fit_normalizer(split)
+        if cfg.normalize != "none":  # the engine z-scores inputs unless told not to
+            model.fit_normalizer(split)
         # the engine's epoch hooks see a MOSI-sized training split whose first rows are the batch
         train = SimpleNamespace(ids=split.ids + [f"s{i}" for i in range(n, MOSI_TRAIN)],
                                 y=np.concatenate([split.y, np.zeros(MOSI_TRAIN - n, np.float32)]))
