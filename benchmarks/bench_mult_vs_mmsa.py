@@ -544,6 +544,28 @@ def run_worker(py: Path, impl: str, model: str, args: argparse.Namespace, steps:
         return res
 
 
+MEDIAN_FIELDS = ("mean_step_s", "min_step_s", "mean_cpu_s", "mean_fb_s", "mean_update_s",
+                 "trainer_batch_s", "infer_samples_per_s", "infer_cpu_s", "peak_rss_mb",
+                 "step_mem_mb")
+
+
+def merge_repeats(rs: list[dict]) -> dict:
+    """One row from its processes: the last one's details, each figure the median over the
+    processes (``repeats`` keeps every process's figures)."""
+    import statistics
+
+    if len(rs) == 1 or any("error" in r for r in rs):
+        return rs[-1]
+    out = dict(rs[-1])
+    for f in MEDIAN_FIELDS:
+        vals = [r[f] for r in rs if r.get(f) is not None]
+        if vals:
+            out[f] = statistics.median(vals)
+    out["step_s"] = [t for r in rs for t in r["step_s"]]
+    out["repeats"] = [{f: r.get(f) for f in MEDIAN_FIELDS} for r in rs]
+    return out
+
+
 def ratios(mmsa: dict, ours: dict) -> dict:
     """MMSA's figure over ours for time (speed-ups), ours over MMSA's for memory (fractions),
     and whether the speed-ups reach the goal of the model."""
@@ -691,7 +713,10 @@ def markdown(res: dict) -> str:
             "= zero grads, forward, the trainer's loss, backward, its clipping, one optimizer "
             "update; trainer/batch = forward-backward + update / N for a trainer accumulating "
             "N batches. Inference: eval mode, no grad. Each row in its own subprocess; step "
-            "memory = peak RSS after the training steps minus the RSS before the first step.",
+            "memory = peak RSS after the training steps minus the RSS before the first step."
+            + (f" Every row ran in {res['repeat']} processes, in rounds over all rows; each "
+               "figure is the median over its processes (timed steps: all of them)."
+               if res.get("repeat", 1) > 1 else ""),
             *([f"- ALMT: MMSA master, github {src['repo']} @ {src['commit'][:12]}"] if src else []),
             "",
             table(res),
@@ -753,6 +778,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--mmsa-steps", type=int, default=None,
                     help="timed steps for MMSA's rows (default: --steps, but at most 2 for "
                          "MulT, whose MMSA step takes ~40 s and 12.5 GB)")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="run every row this many times, in rounds (each a fresh process); "
+                         "the figures are the medians over the processes (a VM's speed drifts "
+                         "between processes by up to ~30%%)")
     ap.add_argument("--infer-batches", type=int, default=3,
                     help="timed inference batches per row (default 3)")
     ap.add_argument("--threads", type=int, default=1,
@@ -780,7 +809,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.render:
         print(markdown(json.loads(args.render.read_text())))
         return
-    for name in ("batch", "steps", "mmsa_steps", "infer_batches"):
+    for name in ("batch", "steps", "mmsa_steps", "infer_batches", "repeat"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise SystemExit(f"--{name.replace('_', '-')} must be >= 1")
     if args.warmup < 0:
@@ -799,6 +828,7 @@ def main(argv: list[str] | None = None) -> None:
         "models": models,
         "warmup": args.warmup,
         "infer_batches": args.infer_batches,
+        "repeat": args.repeat,
         "loadavg": {"before": [round(v, 2) for v in os.getloadavg()]},
         "sources": {},
         "runs": {},
@@ -812,9 +842,12 @@ def main(argv: list[str] | None = None) -> None:
             mmsa_steps = args.mmsa_steps or min(MMSA_STEPS.get(m, args.steps), args.steps)
             todo.append((f"{m}:mmsa", "mmsa", m, mmsa_steps, []))
     mmsa_py: Path | None = None
+    done: dict[str, list[dict]] = {}
     with tempfile.TemporaryDirectory(prefix="msakit-bench-mmsa-") as tmp:
         src: Path | None = None
-        for key, impl, model, steps, sets in todo:
+        for key, impl, model, steps, sets in todo * args.repeat:
+            if any("error" in r for r in done.get(key, [])):
+                continue
             py = Path(sys.executable)
             try:
                 if impl == "mmsa":
@@ -835,7 +868,8 @@ def main(argv: list[str] | None = None) -> None:
                 continue
             r = run_worker(py, impl, model, args, steps, sets,
                            src if impl == "mmsa" and model == "almt" else None)
-            res["runs"][key] = r
+            done.setdefault(key, []).append(r)
+            res["runs"][key] = merge_repeats(done[key])
             print(summary_line(key, r), flush=True)
     res["loadavg"]["after"] = [round(v, 2) for v in os.getloadavg()]
     res["ratios"] = all_ratios(res)
