@@ -183,10 +183,11 @@ class MSAModel(nn.Module):
             x = dict(b.x)
             for m in self._scaled():
                 if m in x:
-                    scale = 1.0 / getattr(self, f"norm_std_{m}").to(x[m].dtype)
-                    shift = -getattr(self, f"norm_mean_{m}").to(x[m].dtype) * scale
-                    # (x - mean) / std in one pass, then zeros (not NaN * 0) where unobserved
-                    x[m] = torch.addcmul(shift, x[m], scale).masked_fill_(
+                    mean = getattr(self, f"norm_mean_{m}").to(x[m].dtype)
+                    std = getattr(self, f"norm_std_{m}").to(x[m].dtype)
+                    # (x - mean) / std in place on one copy, then zeros (not NaN * 0) where
+                    # unobserved (bit-identical to torch.where, two passes fewer)
+                    x[m] = torch.sub(x[m], mean).div_(std).masked_fill_(
                         ~b.observed(m)[..., None], 0.0)
             b = b.replace(x=x)
         return b.replace(prepared=True)
