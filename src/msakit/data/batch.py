@@ -273,6 +273,14 @@ class Corruption:
     noise_sigma: float = 0.0
 
 
+def lengths_of(obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(N, L) observed steps -> (N,) lengths (one past the last observed step) and (N,) whether
+    the row has missing steps before or between observed ones (it needs ``SplitData.mask``)."""
+    steps = np.arange(obs.shape[1])[None, :]
+    lens = np.where(obs, steps + 1, 0).max(1, initial=0).astype(np.int64)
+    return lens, (obs != (steps < lens[:, None])).any(1)
+
+
 def collate(split: SplitData, idx: np.ndarray | list[int], trim: bool = True) -> Batch:
     """Gather rows ``idx`` of ``split`` into a Batch; masks are the observed steps
     (:meth:`SplitData.observed`: lengths, per-step mask, present).
@@ -288,10 +296,8 @@ def collate(split: SplitData, idx: np.ndarray | list[int], trim: bool = True) ->
         L = int(max(1, lens.max())) if trim and len(idx) else arr.shape[1]
         xm = torch.from_numpy(arr[idx, :L])
         mk = torch.from_numpy(split.observed(m, idx, L))
-        pres = mk.any(1)
         x[m] = xm * mk[..., None]
-        mask[m] = mk & pres[:, None]
-        present[m] = pres
+        mask[m], present[m] = mk, mk.any(1)
     def tokens(ids, ids_mask):
         if ids is None:
             return None, None

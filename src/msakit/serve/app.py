@@ -131,12 +131,11 @@ class _Worker:
         child.close()
 
     def ready(self) -> _Worker:
-        run = self.run
         try:
             kind, info = self.conn.recv()  # blocks until the model is loaded
         except (EOFError, OSError):
             self.proc.join(5)
-            raise RunError(f"--run {run}: the worker process exited while loading the run "
+            raise RunError(f"--run {self.run}: the worker process exited while loading the run "
                            f"(exit code {self.proc.exitcode})") from None
         if kind != "ready":
             self.proc.join(5)

@@ -66,7 +66,7 @@ from pathlib import Path
 
 import numpy as np
 
-from msakit.data.batch import MODALITIES, SplitData
+from msakit.data.batch import MODALITIES, SplitData, lengths_of
 from msakit.data.catalog import pinned, register_summary, require_files
 from msakit.data.dataset import SPLITS, MSADataset
 from msakit.data.registry import DatasetEntry, register_dataset, register_path_loader
@@ -284,8 +284,8 @@ def _modality(
             f"{where}: {int(bad.sum())} observed steps hold NaN or inf (first: sample {i}, step "
             f"{t}); fix them or mark them missing with mask_{key}/lengths_{key}"
         )
-    lens = np.where(obs, steps + 1, 0).max(axis=1, initial=0).astype(np.int64)
-    gaps = int((obs != (steps < lens[:, None])).any(axis=1).sum())
+    lens, holes = lengths_of(obs)
+    gaps = int(holes.sum())
     xf[~obs] = 0
     return _Mod(xf, lens, lens > 0, obs if gaps else None, gaps, where)
 

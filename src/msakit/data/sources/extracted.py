@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from msakit.data.batch import MODALITIES, SplitData
+from msakit.data.batch import MODALITIES, SplitData, lengths_of
 from msakit.data.dataset import SPLITS, MSADataset
 from msakit.data.registry import register_path_loader
 from msakit.errors import DataError, MissingDataError
@@ -33,9 +33,7 @@ def arrays_to_split(arrs: dict[str, np.ndarray], rows: np.ndarray, y: np.ndarray
     x, lengths, present, mask, gaps = {}, {}, {}, {}, 0
     for m in MODALITIES:
         mk = arrs[f"mask_{m}"][rows]
-        steps = np.arange(mk.shape[1])[None, :]
-        lens = np.where(mk, steps + 1, 0).max(1, initial=0).astype(np.int64)
-        holes = (mk != (steps < lens[:, None])).any(1)
+        lens, holes = lengths_of(mk)
         gaps += int(holes.sum())
         if holes.any():
             mask[m] = mk
