@@ -9,6 +9,7 @@ import os
 import platform
 import resource
 import sys
+import time
 from pathlib import Path
 
 
@@ -55,3 +56,62 @@ def machine() -> dict:
         pass
     return {"cpu": cpu, "cores": os.cpu_count(), "mem_gib": mem,
             "python": platform.python_version(), "os": platform.platform()}
+
+
+def _mean(v: list[float]) -> float:
+    return sum(v) / len(v)
+
+
+def time_steps(fb, update, warmup: int, steps: int) -> dict:
+    """Run ``warmup`` + ``steps`` training steps, ``fb(i)`` (zero grads, forward, loss,
+    backward; returns the loss) then ``update()`` (the optimiser step); the wall and process
+    CPU times of the timed steps, the process's peak memory after them and the resident size
+    before the first one. A non-finite loss stops the run."""
+    import torch
+
+    base = rss_mb()
+    steps_s, cpu, fbs, ups = [], [], [], []
+    for i in range(warmup + steps):
+        t0, c0 = time.perf_counter(), time.process_time()
+        loss = fb(i)
+        t1 = time.perf_counter()
+        update()
+        t2, c2 = time.perf_counter(), time.process_time()
+        if not torch.isfinite(torch.as_tensor(loss)).all():
+            raise RuntimeError(f"non-finite loss at step {i}")
+        if i >= warmup:
+            steps_s.append(t2 - t0)
+            cpu.append(c2 - c0)
+            fbs.append(t1 - t0)
+            ups.append(t2 - t1)
+    peak = peak_mb()
+    return {"step_s": steps_s, "mean_step_s": _mean(steps_s), "min_step_s": min(steps_s),
+            "mean_fb_s": _mean(fbs), "mean_update_s": _mean(ups), "cpu_s": cpu,
+            "mean_cpu_s": _mean(cpu), "peak_rss_mb": peak, "base_rss_mb": base,
+            "step_mem_mb": None if base is None else peak - base}
+
+
+def time_inference(forward, batches: int, batch: int, warmup: int = 1) -> dict:
+    """Time ``batches`` calls of ``forward()`` (no grad, after ``warmup`` untimed ones):
+    samples per second at ``batch`` samples per call, and CPU seconds per call."""
+    import torch
+
+    wall, cpu = [], []
+    with torch.no_grad():
+        for i in range(warmup + batches):
+            t0, c0 = time.perf_counter(), time.process_time()
+            forward()
+            if i >= warmup:
+                wall.append(time.perf_counter() - t0)
+                cpu.append(time.process_time() - c0)
+    return {"infer_s": wall, "infer_samples_per_s": batch / _mean(wall),
+            "infer_cpu_s": _mean(cpu)}
+
+
+def add_common_args(ap) -> None:
+    """The options every same-run comparison takes (an ``argparse.ArgumentParser``)."""
+    ap.add_argument("--out", type=Path, help="write the JSON results here")
+    ap.add_argument("--markdown", action="store_true", help="also print a BENCHMARKS.md section")
+    ap.add_argument("--render", type=Path, help="print the markdown of a saved result and exit")
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--warmup", type=int, default=1, help="untimed steps before the timed ones")

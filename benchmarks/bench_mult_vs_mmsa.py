@@ -62,7 +62,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from _refbench import machine, peak_mb, rss_mb, venv_python, worker_error  # benchmarks/
+from _refbench import (  # benchmarks/
+    add_common_args,
+    machine,
+    time_inference,
+    time_steps,
+    venv_python,
+    worker_error,
+)
 
 SHAPES = {"text": (50, 768), "audio": (375, 5), "vision": (500, 20)}
 MMSA_VERSION = "2.2.1"
@@ -427,52 +434,17 @@ def worker(impl: str, name: str, batch: int, warmup: int, steps: int, infer_batc
     else:
         model, fb, upd, fwd, info = _build_msakit(name, x, y, sets)
     model.train()
-    base = rss_mb()
-    times, cpu, fbs, ups = [], [], [], []
-    for i in range(warmup + steps):
-        t0, c0 = time.perf_counter(), time.process_time()
-        loss = fb(i)
-        t1 = time.perf_counter()
-        upd()
-        t2, c2 = time.perf_counter(), time.process_time()
-        if i >= warmup:
-            times.append(t2 - t0)
-            cpu.append(c2 - c0)
-            fbs.append(t1 - t0)
-            ups.append(t2 - t1)
-        if not torch.isfinite(torch.as_tensor(loss)).all():
-            raise RuntimeError(f"{impl} {name}: non-finite loss at step {i}")
-    peak = peak_mb()
+    timed = time_steps(fb, upd, warmup, steps)
     model.eval()
-    inf, inf_cpu = [], []
-    with torch.no_grad():
-        for i in range(min(warmup, 1) + infer_batches):
-            t0, c0 = time.perf_counter(), time.process_time()
-            fwd()
-            if i >= min(warmup, 1):
-                inf.append(time.perf_counter() - t0)
-                inf_cpu.append(time.process_time() - c0)
-    mean = lambda v: sum(v) / len(v)  # noqa: E731
     res = {
         "impl": impl,
         "model": name,
         **info,
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
-        "step_s": times,
-        "mean_step_s": mean(times),
-        "min_step_s": min(times),
-        "mean_fb_s": mean(fbs),
-        "mean_update_s": mean(ups),
-        "trainer_batch_s": mean(fbs) + mean(ups) / info.get("accum", 1),
-        "cpu_s": cpu,
-        "mean_cpu_s": mean(cpu),
-        "infer_s": inf,
-        "infer_samples_per_s": batch / mean(inf),
-        "infer_cpu_s": mean(inf_cpu),
-        "peak_rss_mb": peak,
-        "base_rss_mb": base,
-        "step_mem_mb": None if base is None else peak - base,
+        **timed,
+        "trainer_batch_s": timed["mean_fb_s"] + timed["mean_update_s"] / info.get("accum", 1),
+        **time_inference(fwd, infer_batches, batch, min(warmup, 1)),
     }
     out.write_text(json.dumps(res))
 
@@ -769,11 +741,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default=",".join(MODELS),
                     help="comma-separated models to compare (default: %(default)s)")
-    ap.add_argument("--out", type=Path, help="write the JSON results here")
-    ap.add_argument("--markdown", action="store_true", help="also print a BENCHMARKS.md section")
-    ap.add_argument("--render", type=Path, help="print the markdown of a saved result and exit")
-    ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--warmup", type=int, default=1, help="untimed steps before the timed ones")
+    add_common_args(ap)
     ap.add_argument("--steps", type=int, default=5, help="timed steps per row")
     ap.add_argument("--mmsa-steps", type=int, default=None,
                     help="timed steps for MMSA's rows (default: --steps, but at most 2 for "

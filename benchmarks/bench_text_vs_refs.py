@@ -70,7 +70,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _refbench import machine, peak_mb, rss_mb, venv_python, worker_error  # benchmarks/
+from _refbench import machine, time_steps, venv_python, worker_error  # benchmarks/
 
 BATCH = 32
 MAX_LEN = 50
@@ -83,6 +83,7 @@ REPOS = {
     "lnln": ("Haoyu-ha/LNLN", "80a052c62b7b3b7a6cb6956846e9d9c121f56eda"),
     "hme": ("YetZzzzzz/HME", "6f0c9a7adeff47304a4a0337c366283c9a4bf221"),
     "mmsa": ("thuiar/MMSA", "a94e65d07fa1ae0d44e552390074b29b0898edfd"),  # master, for ALMT
+    "dashfusion": ("ultramarineX/DashFusion", "37ba4177ba4be7db6ef2a8ae0ce916f2d6f99426"),
 }
 # per reference environment: venv name, pip install arguments, import probe
 VENVS = {
@@ -91,6 +92,10 @@ VENVS = {
             f"import einops, transformers; assert transformers.__version__ == '{HME_TRANSFORMERS}'"),
     "mmsa": ("ref-mmsa-" + MMSA_VERSION, [f"MMSA=={MMSA_VERSION}", "einops"],
              "import MMSA, einops"),
+    # its requirements.txt pins; --no-deps: pytorch-metric-learning would pull torchvision
+    "dashfusion": ("ref-dashfusion", ["--no-deps", "pytorch-metric-learning==0.9.99",
+                                      "einops==0.7.0"],
+                   "import pytorch_metric_learning, einops, sklearn"),
 }
 # what each reference row needed, as printed in the report
 PATCHES = {
@@ -575,23 +580,7 @@ def worker(spec: dict, work: Path, out: Path) -> None:
         torch.set_num_threads(spec["threads"])
     torch.manual_seed(0)
     fb, upd, info = BUILDERS[spec["impl"]](spec, work)
-    base = rss_mb()
-    fbs, ups, steps, cpu = [], [], [], []
-    for i in range(spec["warmup"] + spec["steps"]):
-        t0, c0 = time.perf_counter(), time.process_time()
-        loss = fb(i)
-        t1 = time.perf_counter()
-        upd()
-        t2, c2 = time.perf_counter(), time.process_time()
-        if not torch.isfinite(torch.as_tensor(loss)).all():
-            raise RuntimeError(f"non-finite loss at step {i}")
-        if i >= spec["warmup"]:
-            fbs.append(t1 - t0)
-            ups.append(t2 - t1)
-            steps.append(t2 - t0)
-            cpu.append(c2 - c0)
-    peak = peak_mb()
-    mean = lambda v: sum(v) / len(v)  # noqa: E731
+    timed = time_steps(fb, upd, spec["warmup"], spec["steps"])
     import transformers
 
     res = {
@@ -599,17 +588,8 @@ def worker(spec: dict, work: Path, out: Path) -> None:
         "torch": torch.__version__,
         "transformers": info.get("transformers", transformers.__version__),
         "threads": torch.get_num_threads(),
-        "step_s": steps,
-        "mean_step_s": mean(steps),
-        "min_step_s": min(steps),
-        "mean_fb_s": mean(fbs),
-        "mean_update_s": mean(ups),
-        "trainer_batch_s": mean(fbs) + mean(ups) / info.get("accum", 1),
-        "cpu_s": cpu,
-        "mean_cpu_s": mean(cpu),
-        "peak_rss_mb": peak,
-        "base_rss_mb": base,
-        "step_mem_mb": None if base is None else peak - base,
+        **timed,
+        "trainer_batch_s": timed["mean_fb_s"] + timed["mean_update_s"] / info.get("accum", 1),
     }
     out.write_text(json.dumps(res))
 
