@@ -115,3 +115,34 @@ def add_common_args(ap) -> None:
     ap.add_argument("--render", type=Path, help="print the markdown of a saved result and exit")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--warmup", type=int, default=1, help="untimed steps before the timed ones")
+
+
+def engine_step(model, batch_of):
+    """msakit's training step as its engine takes it, for timing: ``fb(i)`` = zero grads, the
+    model's default training corruption (protocol seed ``i``) on ``batch_of(i)``,
+    ``prepare_batch``, ``model.loss(...)["total"]``, backward, the config's clipping (by value
+    or by norm, as Lightning's ``gradient_clip_*``). Returns ``(fb, optimizer)``, the engine's
+    optimiser (``model.make_optimizer``: fused where torch has it)."""
+    import torch
+
+    from msakit.corrupt import parse_protocol
+
+    cfg = model.config
+    prot = parse_protocol(cfg.default_corrupt)
+    opt = model.make_optimizer()
+    params = [p for g in opt.param_groups for p in g["params"]]
+    clip, mode = float(cfg.grad_clip or 0.0), cfg.grad_clip_mode
+
+    def fb(i: int):
+        opt.zero_grad(set_to_none=True)
+        b = batch_of(i)
+        b = model.prepare_batch(prot(b, seed=i) if prot is not None else b)
+        loss = model.loss(model(b), b)["total"]
+        loss.backward()
+        if clip and mode == "value":
+            torch.nn.utils.clip_grad_value_(params, clip)
+        elif clip:
+            torch.nn.utils.clip_grad_norm_(params, clip)
+        return loss
+
+    return fb, opt

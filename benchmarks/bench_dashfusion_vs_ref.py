@@ -61,13 +61,14 @@ from pathlib import Path
 
 from _refbench import (  # benchmarks/
     add_common_args,
+    engine_step,
     machine,
     time_inference,
     time_steps,
     worker_error,
 )
+from bench_mult_vs_mmsa import SHAPES, _data, _nparams  # benchmarks/; MOSI unaligned shapes
 
-SHAPES = {"text": (50, 768), "audio": (375, 5), "vision": (500, 20)}
 MOSI_TRAIN = 1284  # rows of MOSI's training split: the bank and the reference's matrix
 RETRIEVED = 6  # the reference's samples per anchor: 2 similar-same, 2 similar-different, 2 far
 REF_LR, REF_WD, REF_EPOCHS, REF_WARMUP_EPOCHS = 5e-5, 1e-3, 100, 10  # its config.py, MOSI
@@ -79,19 +80,6 @@ REF_NOTES = ("config.dataset = 'mosi'; BertTokenizer/BertModel in model.text_enc
 
 
 # ============================================================================ worker side
-def _data(n: int, seed: int):
-    import torch
-
-    g = torch.Generator().manual_seed(seed)
-    x = {m: torch.randn(n, L, D, generator=g) for m, (L, D) in SHAPES.items()}
-    y = torch.empty(n).uniform_(-3, 3, generator=g)
-    return x, y
-
-
-def _nparams(model) -> int:
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
 def _build_ref(batch: int, src: str, sets: list[str]):
     """(model, fb, update, forward, refresh, info) of the reference (module docstring);
     ``contrastive=0`` in ``sets``: its step without ``sample2`` (no contrastive term)."""
@@ -224,21 +212,8 @@ def _build_msakit(batch: int, sets: list[str]):
     model.set_bank(torch.randn(MOSI_TRAIN, v, cfg.d, generator=g),
                    torch.ones(MOSI_TRAIN, v, dtype=torch.bool),
                    model.label_class(torch.empty(MOSI_TRAIN).uniform_(-3, 3, generator=g)))
-    opt = model.make_optimizer()
-    params = [p for g in opt.param_groups for p in g["params"]]
+    fb, opt = engine_step(model, lambda i: b)
     clip, mode = float(cfg.grad_clip or 0.0), cfg.grad_clip_mode
-    model.train()
-
-    def fb(i: int):
-        opt.zero_grad(set_to_none=True)
-        bb = model.prepare_batch(b)
-        loss = model.loss(model(bb), bb)["total"]
-        loss.backward()
-        if clip and mode == "value":
-            torch.nn.utils.clip_grad_value_(params, clip)
-        elif clip:
-            torch.nn.utils.clip_grad_norm_(params, clip)
-        return loss
 
     def forward():
         return model(model.prepare_batch(b))
@@ -251,6 +226,7 @@ def _build_msakit(batch: int, sets: list[str]):
             "loss": f"model.loss total ({cfg.loss} + {cfg.w_contrastive} x contrastive)",
             "clip": f"{mode} {clip}" if clip else "none", "encoded_rows_per_step": batch,
             "bank_rows": model.bank_len()}
+
     def refresh():
         train = split_of(MOSI_TRAIN, 2)
         model.refresh_bank(SimpleNamespace(
@@ -320,10 +296,6 @@ def ratios(ref: dict, ours: dict) -> dict:
     out["goal_met"] = (out["step_speedup"] >= GOAL_SPEEDUP
                        and ours["peak_rss_mb"] < GOAL_PEAK_GB * 1024)
     return out
-
-
-def _cfg(key: str) -> str:
-    return key.partition(" ")[2] or "default"
 
 
 def markdown(res: dict) -> str:

@@ -64,6 +64,7 @@ from pathlib import Path
 
 from _refbench import (  # benchmarks/
     add_common_args,
+    engine_step,
     machine,
     time_inference,
     time_steps,
@@ -102,10 +103,11 @@ MMSA_NOTES = {
 
 
 # ============================================================================ worker side
-def _data(batch: int):
+def _data(batch: int, seed: int = 0):
+    """Random MOSI-shaped inputs {m: (batch, L, D)} and labels in [-3, 3]."""
     import torch
 
-    g = torch.Generator().manual_seed(0)
+    g = torch.Generator().manual_seed(seed)
     x = {m: torch.randn(batch, L, D, generator=g) for m, (L, D) in SHAPES.items()}
     y = torch.empty(batch).uniform_(-3, 3, generator=g)
     return x, y
@@ -339,7 +341,6 @@ def _build_msakit(name: str, x: dict, y, sets: list[str]):
     import numpy as np
     import torch
 
-    from msakit.corrupt import parse_protocol
     from msakit.data.batch import SplitData, collate
     from msakit.models import create_model
 
@@ -383,27 +384,12 @@ def _build_msakit(name: str, x: dict, y, sets: list[str]):
             b0 = model.prepare_batch(b)
             model.loss(model(b0), b0)
         model.on_train_epoch_start(1, engine)  # the timed steps are epoch 2's
-        prot = parse_protocol(cfg.default_corrupt)
-        opt = model.make_optimizer()  # the engine's (fused where torch has it)
+        fb, opt = engine_step(model, lambda i: b)
         kind = type(opt)
-        params = [p for g in opt.param_groups for p in g["params"]]
         clip, mode = float(cfg.grad_clip or 0.0), cfg.grad_clip_mode
 
         def fwd():
-            bb = model.prepare_batch(b)
-            return model(bb)
-
-        def fb(i: int):
-            opt.zero_grad(set_to_none=True)
-            bb = prot(b, seed=i) if prot is not None else b
-            bb = model.prepare_batch(bb)
-            loss = model.loss(model(bb), bb)["total"]
-            loss.backward()
-            if clip and mode == "value":  # the engine's Lightning gradient_clip_val
-                torch.nn.utils.clip_grad_value_(params, clip)
-            elif clip:
-                torch.nn.utils.clip_grad_norm_(params, clip)
-            return loss
+            return model(model.prepare_batch(b))
 
         groups = opt.param_groups
         lrs = sorted({g["lr"] for g in groups})

@@ -70,7 +70,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _refbench import machine, time_steps, venv_python, worker_error  # benchmarks/
+from _refbench import engine_step, machine, time_steps, venv_python, worker_error  # benchmarks/
 
 BATCH = 32
 MAX_LEN = 50
@@ -175,9 +175,7 @@ def _build_msakit(spec: dict, work: Path):
     import dataclasses
 
     import numpy as np
-    import torch
 
-    from msakit.corrupt import parse_protocol
     from msakit.data.batch import SplitData, collate
     from msakit.models import create_model
 
@@ -213,27 +211,10 @@ def _build_msakit(spec: dict, work: Path):
         prepared.append(collate(sp, np.arange(n), trim=mode != "pad50"))
     model.on_train_epoch_start(0, None)
     model.train()
-    prot = parse_protocol(cfg.default_corrupt)
-    opt = model.make_optimizer()  # the engine's (fused where torch has it)
+    fb, opt = engine_step(model, lambda i: prepared[i % len(prepared)])
     kind = type(opt)
-    params = [p for g in opt.param_groups for p in g["params"]]
     clip = float(cfg.grad_clip or 0.0)
-    by_value = getattr(cfg, "grad_clip_mode", "norm") == "value"
-
-    def fb(i: int):
-        b = prepared[i % len(prepared)]
-        if prot is not None:
-            b = prot(b, seed=i)
-        b = model.prepare_batch(b)
-        loss = model.loss(model(b), b)["total"]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if clip:  # the engine's Lightning gradient_clip_val / gradient_clip_algorithm
-            if by_value:
-                torch.nn.utils.clip_grad_value_(params, clip)
-            else:
-                torch.nn.utils.clip_grad_norm_(params, clip)
-        return loss
+    by_value = cfg.grad_clip_mode == "value"
 
     enc = model.text_encoder.encoder
     info = {

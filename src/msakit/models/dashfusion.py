@@ -87,9 +87,9 @@ LayerNorm on the head's tokens, dropout 0.1 on the encoders' inputs, attention o
 feed-forward (none on attention weights, which would take torch off its fused kernel), at least
 two modalities (the lead one queries the others), lr 1e-4 with a constant schedule and batch 32
 (the reference fine-tunes BERT at 5e-5, batch 16, linear warm-up over 10 of 100 epochs, its
-encoder layers at dropout 0.5: the ``paper`` preset). lr 1e-4 was the best of 5e-5 / 1e-4 / 3e-4 / 1e-3 on synthetic-tiny
-validation MAE (10 epochs, seeds 1 and 2: 0.642 / 0.623 / 0.628 / 0.636, within seed noise of
-each other; the test split played no part).
+encoder layers at dropout 0.5: the ``paper`` preset). lr 1e-4 was the best of 5e-5 / 1e-4 /
+3e-4 / 1e-3 on synthetic-tiny validation MAE (10 epochs, seeds 1 and 2: 0.642 / 0.623 / 0.628
+/ 0.636, within seed noise of each other; the test split played no part).
 
 Size at MOSI shapes (768/5/20): 2,468,737 parameters; the reference has 2,482,433 besides BERT
 (its model class built with BERT stubbed out). Module by module, reference -> ours: text
