@@ -137,3 +137,30 @@ def test_lr_schedule_warms_up_decays_and_resumes(toy_dataset, tmp_path):
     steps = 3 * 3  # 96 samples, batch 32, 3 epochs
     assert sched["last_epoch"] == steps
     assert sched["_last_lr"][0] == pytest.approx(1e-3 * lr_factor(steps, steps, 0.2, "cosine"))
+
+
+def test_bf16_mixed_precision_trains_selects_in_fp32_and_is_part_of_the_config(toy_dataset,
+                                                                               tmp_path):
+    """``precision="bf16-mixed"`` trains under autocast (with norm clipping and the fused
+    optimiser), selects on fp32 validation scores (the best logged val/mae is the selected
+    weights' fp32 validation MAE) and is part of the run's config."""
+    from msakit.errors import ConfigError
+
+    sets = {"grad_clip": "1.0"}
+    bf = fit_seed("late_fusion", toy_dataset, 3, tmp_path / "bf",
+                  TrainConfig(epochs=4, patience=10, precision="bf16-mixed"), sets)
+    fp = fit_seed("late_fusion", toy_dataset, 3, tmp_path / "fp",
+                  TrainConfig(epochs=4, patience=10), sets)
+    assert bf.config["train"]["precision"] == "bf16-mixed" and fp.config["train"]["precision"] == "32"
+    assert bf.metrics["test"]["mae"] != fp.metrics["test"]["mae"]  # bf16 really ran
+    assert bf.metrics["test"]["mae"] == pytest.approx(fp.metrics["test"]["mae"], abs=0.05)
+    import csv
+
+    maes = [float(r["val/mae"]) for r in csv.DictReader(open(tmp_path / "bf" / "logs" / "metrics.csv"))
+            if r.get("val/mae")]
+    assert bf.metrics["valid"]["mae"] == pytest.approx(min(maes), abs=1e-6)
+    with pytest.raises(RunError, match="train.precision: 'bf16-mixed' -> '32'"):
+        fit_seed("late_fusion", toy_dataset, 3, tmp_path / "bf", TrainConfig(epochs=4, patience=10),
+                 sets)
+    with pytest.raises(ConfigError, match="--precision 'fp16'"):
+        TrainConfig(precision="fp16")

@@ -11,6 +11,8 @@ sequences, dropped steps inside sequences and samples missing whole modalities:
   ``EngineContext`` so models with memory banks can fill them;
 - the training loss sends a gradient to every trainable parameter;
 - a tiny batch can be overfit;
+- under bf16 autocast (``--precision bf16-mixed``) a training step is finite and an
+  evaluation prediction is the fp32 one up to bf16 rounding;
 - with ``n_classes=3`` the model classifies: ``pred`` is (B, 3) logits, every loss term is
   finite, the ``pred`` term is the cross-entropy, and a tiny batch can be fitted to 100%
   accuracy;
@@ -205,6 +207,30 @@ def test_gradients_reach_every_trainable_parameter(name):
         and not any(fnmatch.fnmatch(n, pat) for pat in exempt)
     ]
     assert not dead, f"no gradient reaches: {dead}"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_bf16_autocast_step_and_prediction(name):
+    """``--precision bf16-mixed``: a training step under CPU autocast gives a finite loss and
+    finite gradients, and an evaluation prediction under autocast is the fp32 one up to bf16
+    rounding (and not bit-identical: bf16 was really used)."""
+    model = build(name).train()
+    b = make_batch(ALL)
+    torch.manual_seed(0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        losses = model.loss(model(b), b)
+    assert all(torch.isfinite(v) for v in losses.values()), losses
+    losses["total"].backward()
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert grads and all(g.dtype == torch.float32 and torch.isfinite(g).all() for g in grads)
+    model.zero_grad()
+    model.on_fit_end(context())
+    model.eval()
+    p32 = predict(model, b)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        p16 = predict(model, b).float()
+    assert not torch.equal(p16, p32)
+    torch.testing.assert_close(p16, p32, atol=0.05, rtol=0.05)
 
 
 @pytest.mark.parametrize("name", NAMES)

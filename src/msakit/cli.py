@@ -86,6 +86,9 @@ def train(
     config: Annotated[Path | None, typer.Option(
         help="a run config file (JSON/YAML: set, train), e.g. msakit tune's best.json; "
              "command-line options win")] = None,
+    precision: Annotated[str | None, typer.Option(
+        help="32 (default) or bf16-mixed: autocast to bfloat16 in training (fast on CPUs "
+             "with AMX/AVX512-BF16 and on GPUs); evaluation stays fp32")] = None,
 ) -> None:
     """Train MODEL on DATASET for each seed; writes OUT/summary.json (mean and std over seeds)."""
     from msakit.train import train as train_fn
@@ -96,7 +99,7 @@ def train(
 
     overrides = parse_sets(_with_preset(set_, preset), [model])[model]
     topts = {"epochs": epochs, "patience": patience, "domain": domain, "devices": devices,
-             "num_nodes": num_nodes, "strategy": strategy}
+             "num_nodes": num_nodes, "strategy": strategy, "precision": precision}
     if config is not None:
         from msakit.train.configfile import merge_config, read_config_file
 

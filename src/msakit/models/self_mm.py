@@ -319,7 +319,8 @@ class SelfMM(MSAModel):
         if not bool(known.any()):
             return
         r = rows[known]
-        feats = {k: v.detach()[known] for k, v in out.extras["features"].items()}
+        # fp32 whatever the autocast: the memory and the label updates keep full precision
+        feats = {k: v.detach().float()[known] for k, v in out.extras["features"].items()}
         has = {m: v[known] for m, v in out.extras["has"].items()}
         lo, hi = float(self.label_range[0]), float(self.label_range[1])
         pivot = 0.5 * (lo + hi)

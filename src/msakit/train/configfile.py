@@ -23,7 +23,8 @@ from msakit.errors import ConfigError, MissingDataError, first_line
 
 TOP_KEYS = ("model", "dataset", "set", "train", "tune")
 # TrainConfig options a config file may set (the rest are per-machine display settings)
-TRAIN_KEYS = ("epochs", "patience", "min_epochs", "corrupt", "domain", "select", "max_time_s")
+TRAIN_KEYS = ("epochs", "patience", "min_epochs", "corrupt", "domain", "select", "max_time_s",
+              "precision")
 
 
 @dataclass
