@@ -52,6 +52,12 @@ so its venv has that version; LNLN and MMSA use the installed transformers.
     python benchmarks/bench_text_vs_refs.py --list                          # the row keys
 
 On a machine shared with other jobs, use ``--threads 1`` (the default) and read the CPU times.
+
+``--precision 32,bf16-mixed`` times every selected row in both precisions (rows ``KEY+bf16``):
+``bf16-mixed`` runs each implementation's forward, loss and backward under
+``torch.autocast("cpu", dtype=torch.bfloat16)`` (fp32 weights and optimizer step), what
+``msakit train --precision bf16-mixed`` does; for the references that wrapper is ours (their
+code has no such option), so ``+bf16`` rows compare like for like at the same precision.
 """
 
 from __future__ import annotations
@@ -133,14 +139,23 @@ REPO_OF = {"ref:lnln": "lnln", "ref:hme": "hme", f"ref:hme/aligned{MAX_LEN}": "h
 VENV_OF = {k: ("mmsa" if k.startswith("mmsa:") else REPO_OF[k]) for k in REFERENCES}
 
 
+BF16 = "+bf16"  # key suffix of a row timed under bf16 autocast (--precision bf16-mixed)
+
+
 def _aligned(key: str) -> bool:
     return f"/aligned{MAX_LEN}" in key
 
 
+def _bf16(key: str) -> bool:
+    return key.endswith(BF16)
+
+
 def counterpart(key: str) -> str | None:
-    """The reference of the same method as msakit row ``key`` (same data shapes)."""
+    """The reference of the same method as msakit row ``key`` (same data shapes and
+    precision)."""
     ref = COUNTERPART.get(key.split(":", 1)[1].split("@")[0].split("/")[0])
-    return None if ref is None else ref + (f"/aligned{MAX_LEN}" if _aligned(key) else "")
+    return None if ref is None else (ref + (f"/aligned{MAX_LEN}" if _aligned(key) else "")
+                                     + (BF16 if _bf16(key) else ""))
 
 
 # ============================================================================ worker side
@@ -561,6 +576,13 @@ def worker(spec: dict, work: Path, out: Path) -> None:
         torch.set_num_threads(spec["threads"])
     torch.manual_seed(0)
     fb, upd, info = BUILDERS[spec["impl"]](spec, work)
+    if spec.get("precision") == "bf16-mixed":  # forward, loss and backward; not the update
+        plain = fb
+
+        def fb(i: int):
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                return plain(i)
+
     timed = time_steps(fb, upd, spec["warmup"], spec["steps"])
     import transformers
 
@@ -779,6 +801,14 @@ def all_rows(variants: dict[str, list[str]], models: list[str] = MSAKIT_MODELS,
     return rows
 
 
+def with_precisions(rows: list[dict], precisions: list[str]) -> list[dict]:
+    """Each row once per precision: fp32 as it is, bf16-mixed as ``KEY+bf16``."""
+    out = []
+    for p in precisions:
+        out += [r if p == "32" else {**r, "key": r["key"] + BF16, "precision": p} for r in rows]
+    return out
+
+
 def select(rows: list[dict], only: list[str]) -> list[dict]:
     if not only:
         return rows
@@ -840,14 +870,15 @@ def speedups(res: dict) -> dict:
     """Reference mean step / msakit mean step, for every (msakit row, reference) pair, wall
     and CPU; and the bare BERT step's share of each msakit row (same mode)."""
     runs = {k: r for k, r in res["runs"].items() if "error" not in r}
-    refs = [k for k in REFERENCES if k in runs]
+    refs = [k + b for b in ("", BF16) for k in REFERENCES if k + b in runs]
     out = {}
     for k, r in runs.items():
         if not k.startswith("msakit:"):
             continue
         mode = k.rsplit("@", 1)[1]
         floor = runs.get(f"bert-only@{mode}")
-        same = [ref for ref in refs if _aligned(ref) == _aligned(k)]  # same data shapes only
+        same = [ref for ref in refs  # same data shapes and precision only
+                if _aligned(ref) == _aligned(k) and _bf16(ref) == _bf16(k)]
         out[k] = {
             "vs": {ref: {"wall": runs[ref]["mean_step_s"] / r["mean_step_s"],
                          "cpu": runs[ref]["mean_cpu_s"] / r["mean_cpu_s"]} for ref in same},
@@ -858,7 +889,8 @@ def speedups(res: dict) -> dict:
 
 def speedup_table(res: dict) -> str:
     sp = res.get("speedups") or speedups(res)
-    refs = [k for k in REFERENCES if k in res["runs"] and "error" not in res["runs"][k]]
+    refs = [k + b for b in ("", BF16) for k in REFERENCES
+            if k + b in res["runs"] and "error" not in res["runs"][k + b]]
     if not sp or not refs:
         return ""
     lines = ["| msakit row | " + " | ".join(refs) + " | bare BERT step / this step |",
@@ -881,8 +913,7 @@ def markdown(res: dict) -> str:
     threads = sorted({r["threads"] for r in res["runs"].values() if "threads" in r})
     refs = []
     for key in REFERENCES:
-        r = res["runs"].get(key)
-        if r is None:
+        if key not in res["runs"] and key + BF16 not in res["runs"]:
             continue
         src = res["sources"].get(REPO_OF.get(key) or "", {})
         origin = f"github {src['repo']} @ {src['commit'][:12]}" if src else ""
@@ -924,7 +955,10 @@ def markdown(res: dict) -> str:
         "- Step = zero grads, forward, the method's loss, backward, the trainer's clipping, one "
         "optimizer update (each trainer's optimizer). `trainer/batch` = forward-backward + "
         "update / N for trainers that accumulate N batches per update (MMSA). Each row in its "
-        "own subprocess; step mem = peak RSS minus the RSS before the first step.",
+        "own subprocess; step mem = peak RSS minus the RSS before the first step."
+        + (" Rows `+bf16`: forward, loss and backward under torch.autocast(bfloat16) on both "
+           "sides (fp32 weights and update; the references' wrapper is ours)."
+           if any(_bf16(k) for k in res["runs"]) else ""),
         "",
         table(res),
         "",
@@ -979,6 +1013,9 @@ def main(argv: list[str] | None = None) -> None:
                          "$MSAKIT_BENCH_MIRROR or /work/.mirror/OWNER+NAME/repo, else a clone")
     ap.add_argument("--commit", action="append", default=[], metavar="REF=COMMIT",
                     help="another commit than the pinned one")
+    ap.add_argument("--precision", default="32",
+                    help="comma-separated: 32 and/or bf16-mixed (rows KEY+bf16 under bf16 "
+                         "autocast, both sides); default %(default)s")
     ap.add_argument("--provisional", action="store_true",
                     help="mark the markdown as provisional (loaded machine / dev run)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
@@ -1007,9 +1044,13 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit(f"--variant {v!r}: expected MODEL:K=V[,K=V] with MODEL in "
                              f"{', '.join(models)}")
         variants.setdefault(model, []).append((f"v{i}", kv))
-    rows = select(all_rows(variants, models, modes), args.only)
+    precisions = [p.strip() for p in args.precision.split(",") if p.strip()]
+    if not precisions or not set(precisions) <= {"32", "bf16-mixed"}:
+        raise SystemExit(f"--precision {args.precision!r}: expected 32 and/or bf16-mixed")
+    every = with_precisions(all_rows(variants, models, modes), precisions)
+    rows = select(every, args.only)
     if args.list:
-        print("\n".join(r["key"] for r in all_rows(variants, models, modes)))
+        print("\n".join(r["key"] for r in every))
         return
     if not rows:
         raise SystemExit("--only matches no row (see --list)")
@@ -1063,7 +1104,8 @@ def main(argv: list[str] | None = None) -> None:
                 row = {**row, "src": str(srcs[row["src"]])}
             py = pys.get(row.get("venv"), Path(sys.executable))
             r = run_worker(py, row, args, tmp, tmp)
-            r.update(side=row["side"], venv_kind=row.get("venv"), src_kind=REPO_OF.get(key))
+            r.update(side=row["side"], venv_kind=row.get("venv"),
+                     src_kind=REPO_OF.get(key.removesuffix(BF16)))
             res["runs"][key] = r
             if "error" in r:
                 print(f"{key}: FAILED ({(r['error'].strip().splitlines() or ['?'])[-1][:120]})",
