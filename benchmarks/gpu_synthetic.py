@@ -59,7 +59,7 @@ def train_group(model, corrupt, a) -> str:
     # an epoch budget with early stopping on validation: never a wall-clock cap (results must
     # not depend on the machine's load)
     tc = TrainConfig(epochs=a.epochs, patience=a.patience, accelerator=a.accelerator,
-                     corrupt=None if corrupt == "default" else corrupt or "none")
+                     precision=a.precision, corrupt=None if corrupt == "default" else corrupt or "none")
     s = msakit.train(model, a.dataset, Path(a.out) / "runs" / tag(model, corrupt),
                      seeds=a.seeds, train_config=tc, overrides=parse_sets(a.set, [model])[model])
     return f"{tag(model, corrupt)}: test mae {s['test']['mae']['mean']:.3f} in {time.time() - t:.0f}s"
@@ -98,6 +98,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[1111, 1112, 1113])
     ap.add_argument("--accelerator", default="cpu")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--precision", default="32", help="32 or bf16-mixed (msakit train --precision)")
     ap.add_argument("--workers", type=int, default=9)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--models", default=None, help="comma list to restrict GROUPS")

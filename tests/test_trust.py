@@ -238,6 +238,7 @@ def test_non_finite_validation_is_never_selected(toy_dataset, tmp_path):
         (["--epochs", "-3"], "--epochs -3"),
         (["--seeds", "1", "1"], "more than once"),
         (["--dataset", "nosuch-[/x]"], "nosuch-[/x]"),
+        (["--precision", "fp16"], "--precision 'fp16': expected one of 32, bf16-mixed"),
     ],
 )
 def test_bad_options_end_in_one_line_and_exit_2(tmp_path, args, needle, capsys):

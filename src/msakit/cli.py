@@ -328,6 +328,8 @@ def matrix(
     split: str = "test",
     accelerator: Annotated[str, typer.Option(help="Lightning accelerator for training")] = "cpu",
     device: Annotated[str, typer.Option(help="torch device for evaluation")] = "cpu",
+    precision: Annotated[str, typer.Option(
+        help="training precision: 32 or bf16-mixed (as msakit train)")] = "32",
 ) -> None:
     """Train every model with every training corruption (or reuse finished runs in OUT) and
     evaluate all of them under every protocol: one table and one figure per protocol."""
@@ -350,7 +352,7 @@ def matrix(
         train_corrupt=_split_list(train_corrupt),
         seeds=seed_list, epochs=epochs, levels=lv, overrides=_with_preset(set_, preset),
         protocol_seed=seed,
-        split=split, accelerator=accelerator, device=device,
+        split=split, accelerator=accelerator, device=device, precision=precision,
         log=lambda msg: console.print(msg, markup=False),
     )
     from msakit.evaluate.robustness import PLOT_METRICS, kind_of_metrics

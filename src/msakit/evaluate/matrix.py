@@ -124,6 +124,7 @@ def run_matrix(
     device: str = "cpu",
     batch_size: int = 128,
     log: Callable[[str], None] = print,
+    precision: str = "32",
 ) -> dict:
     """Train (or reuse) every model x training corruption, sweep every protocol; returns the
     plan with ``summary`` (long form over protocols) and ``headline`` data frames.
@@ -149,7 +150,7 @@ def run_matrix(
                           f"domains) or test_source (the sources)")
     if not dom_specs and split not in ds.splits:
         raise ConfigError(f"--split {split!r}: dataset {ds.name!r} has {list(ds.splits)}")
-    TrainConfig(accelerator=accelerator, epochs=epochs)  # fail before training
+    TrainConfig(accelerator=accelerator, epochs=epochs, precision=precision)  # fail early
     lv = {p: parse_levels((levels or {}).get(p), p, ds.modalities) for p in protocols}
     per_model = parse_sets(overrides, models)
     corrupts = [corrupt_label(c) for c in train_corrupt]
@@ -176,7 +177,8 @@ def run_matrix(
                 arg = {"clean": "none", "default": None}.get(spec, spec)
                 summ = train(model, ds, run_dir, seeds=list(seeds), epochs=epochs, corrupt=arg,
                              overrides=per_model[model], domain=dspec,
-                             train_config=TrainConfig(accelerator=accelerator))
+                             train_config=TrainConfig(accelerator=accelerator,
+                                                      precision=precision))
                 runs.append((label, run_dir))
                 if dspec:
                     dom_records += _domain_records(label, dspec, summ, with_oracle=not any(
