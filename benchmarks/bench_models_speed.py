@@ -12,6 +12,12 @@ best of a few 2048x2048 matmuls timed by this script at the same thread count.
 
 A model may carry config overrides, ``NAME:KEY=VALUE,KEY=VALUE`` (e.g. ``hme:preset=paper``);
 the batch size stays ``--batch`` for every row, so steps compare like for like.
+
+``--precision 32,bf16-mixed`` measures each model in both: ``bf16-mixed`` runs forward and loss
+under ``torch.autocast("cpu", dtype=torch.bfloat16)`` and backward after it, fp32 weights and
+optimiser step (what ``msakit train --precision bf16-mixed`` does through Lightning); its share
+of peak is taken against the bfloat16 matmul peak. Inference is timed in fp32 for every row
+(msakit evaluates in fp32).
 """
 
 from __future__ import annotations
@@ -40,12 +46,13 @@ def make_batch(bs: int, seed: int = 0):
     return collate(sd, np.arange(bs), trim=False)
 
 
-def matmul_peak_gflops(threads: int, n: int = 2048, reps: int = 5) -> float:
-    """Best GFLOP/s of an n x n float32 matmul over ``reps`` runs (after a warm-up)."""
+def matmul_peak_gflops(threads: int, n: int = 2048, reps: int = 5, dtype=None) -> float:
+    """Best GFLOP/s of an n x n matmul (float32, or ``dtype``) over ``reps`` runs (after a
+    warm-up)."""
     import torch
 
     torch.set_num_threads(threads)
-    a, b = torch.randn(n, n), torch.randn(n, n)
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     a @ b
     best = float("inf")
     for _ in range(reps):
@@ -81,7 +88,8 @@ def parse_spec(spec: str) -> tuple[str, dict]:
     return name, dict(kv.split("=", 1) for kv in rest.split(",") if kv)
 
 
-def measure(name: str, bs: int, steps: int, overrides: dict, threads: int) -> dict:
+def measure(name: str, bs: int, steps: int, overrides: dict, threads: int,
+            precision: str = "32") -> dict:
     import torch
 
     import msakit
@@ -98,8 +106,9 @@ def measure(name: str, bs: int, steps: int, overrides: dict, threads: int) -> di
 
     def step(update: bool = True):
         b = prot(batch, seed=0) if prot is not None else batch
-        out = model(b)
-        loss = model.loss(out, b)["total"]
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16-mixed"):
+            out = model(b)
+            loss = model.loss(out, b)["total"]
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if update:
@@ -124,6 +133,7 @@ def measure(name: str, bs: int, steps: int, overrides: dict, threads: int) -> di
         infer = (time.perf_counter() - t) / steps
     return {
         "model": name + "".join(f" {k}={v}" for k, v in overrides.items()),
+        "precision": precision,
         "params": n_params,
         "train_step_s": sorted(times)[len(times) // 2],
         "train_step_s_all": times,
@@ -144,44 +154,61 @@ def main() -> None:
     ap.add_argument("--out", default="bench_speed.json")
     ap.add_argument("--markdown", action="store_true")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1: CPU time is robust to other jobs)")
+    ap.add_argument("--precision", default="32",
+                    help="comma-separated: 32 and/or bf16-mixed (default %(default)s)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     a = ap.parse_args()
+    precisions = [x.strip() for x in a.precision.split(",") if x.strip()]
+    if not precisions or not set(precisions) <= {"32", "bf16-mixed"}:
+        raise SystemExit(f"--precision {a.precision!r}: expected 32 and/or bf16-mixed")
     if a.child:
         name, overrides = parse_spec(a.child)
-        print(json.dumps(measure(name, a.batch, a.steps, overrides, a.threads)))
+        print(json.dumps(measure(name, a.batch, a.steps, overrides, a.threads, precisions[0])))
         return
-    peak = matmul_peak_gflops(a.threads)
-    print(f"float32 matmul peak ({a.threads} thread(s)): {peak:.1f} GFLOP/s", flush=True)
+    import torch
+
+    peaks = {"32": matmul_peak_gflops(a.threads)}
+    if "bf16-mixed" in precisions:
+        peaks["bf16-mixed"] = matmul_peak_gflops(a.threads, dtype=torch.bfloat16)
+    peak = peaks["32"]
+    for k, v in peaks.items():
+        print(f"{'float32' if k == '32' else 'bfloat16'} matmul peak ({a.threads} thread(s)): "
+              f"{v:.1f} GFLOP/s", flush=True)
     rows = []
     for m in a.models:
-        p = subprocess.run(
-            [sys.executable, __file__, "--child", m, "--batch", str(a.batch), "--steps", str(a.steps),
-             "--threads", str(a.threads)],
-            capture_output=True, text=True,
-        )
-        if p.returncode != 0:
-            raise SystemExit(f"{m} failed:\n{p.stderr[-3000:]}")
-        rows.append(json.loads(p.stdout.strip().splitlines()[-1]))
-        r = rows[-1]
-        r["peak_share"] = r["train_step_gflop"] / r["train_step_s"] / peak
-        print(f"{m:12s} params {r['params']:>9,d}  step {r['train_step_s']:.3f} s "
-              f"(CPU {r['train_step_cpu_s']:.3f} s)  "
-              f"infer {r['infer_samples_per_s']:.0f}/s  peak {r['peak_rss_gb']:.2f} GB  "
-              f"{r['train_step_gflop']:.1f} GFLOP/step  {100 * r['peak_share']:.1f}% of peak",
-              flush=True)
+        for prec in precisions:
+            p = subprocess.run(
+                [sys.executable, __file__, "--child", m, "--batch", str(a.batch), "--steps",
+                 str(a.steps), "--threads", str(a.threads), "--precision", prec],
+                capture_output=True, text=True,
+            )
+            if p.returncode != 0:
+                raise SystemExit(f"{m} ({prec}) failed:\n{p.stderr[-3000:]}")
+            rows.append(json.loads(p.stdout.strip().splitlines()[-1]))
+            r = rows[-1]
+            r["peak_share"] = r["train_step_gflop"] / r["train_step_s"] / peaks[prec]
+            label = f"{r['model']} [{prec}]" if len(precisions) > 1 else m
+            print(f"{label:12s} params {r['params']:>9,d}  step {r['train_step_s']:.3f} s "
+                  f"(CPU {r['train_step_cpu_s']:.3f} s)  "
+                  f"infer {r['infer_samples_per_s']:.0f}/s  peak {r['peak_rss_gb']:.2f} GB  "
+                  f"{r['train_step_gflop']:.1f} GFLOP/step  {100 * r['peak_share']:.1f}% of peak",
+                  flush=True)
     meta = {"date": str(date.today()), "machine": f"{platform.machine()} {platform.processor()}",
             "cpus": __import__("os").cpu_count(), "batch": a.batch, "steps": a.steps,
             "threads": a.threads, "load_avg": __import__("os").getloadavg(),
-            "matmul_peak_gflops": peak, "command": " ".join(sys.argv)}
+            "matmul_peak_gflops": peak, "matmul_peaks_gflops": peaks,
+            "command": " ".join(sys.argv)}
     with open(a.out, "w") as f:
         json.dump({"meta": meta, "rows": rows}, f, indent=2)
     if a.markdown:
-        print(f"\nfloat32 matmul peak: {peak:.1f} GFLOP/s at {a.threads} thread(s)")
-        print("\n| model | params | train step, wall (s) | train step, CPU (s) | inference (samples/s) | peak RSS (GB) "
+        print("\nmatmul peak at " + f"{a.threads} thread(s): "
+              + ", ".join(f"{'float32' if k == '32' else 'bfloat16'} {v:.1f} GFLOP/s"
+                          for k, v in peaks.items()))
+        print("\n| model | precision | params | train step, wall (s) | train step, CPU (s) | inference (samples/s) | peak RSS (GB) "
               "| GFLOP / train step | share of matmul peak |")
-        print("|---|---:|---:|---:|---:|---:|---:|---:|")
+        print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
         for r in rows:
-            print(f"| {r['model']} | {r['params']:,} | {r['train_step_s']:.3f} | {r['train_step_cpu_s']:.3f} | "
+            print(f"| {r['model']} | {r['precision']} | {r['params']:,} | {r['train_step_s']:.3f} | {r['train_step_cpu_s']:.3f} | "
                   f"{r['infer_samples_per_s']:.0f} | {r['peak_rss_gb']:.2f} | {r['train_step_gflop']:.1f} | "
                   f"{100 * r['peak_share']:.1f}% |")
 
