@@ -1,16 +1,45 @@
 """What the benchmarks that run a reference implementation beside msakit share (one subprocess
-per implementation, each in its own virtual environment): memory probes for the worker side,
-the venv's interpreter, a worker's failure as a result row, and the machine's description.
-Standard library only: the workers import it inside the references' venvs."""
+per implementation, each in its own virtual environment): the references (pinned repositories
+and their venvs: ``REPOS``, ``VENVS``, ``ensure_venv``, ``fetch_source``), memory probes and
+step timers for the worker side, the venv's interpreter, a worker's failure as a result row,
+and the machine's description. Standard library only at import: the workers import it inside
+the references' venvs."""
 
 from __future__ import annotations
 
+import io
+import json
 import os
 import platform
 import resource
+import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
+
+MMSA_VERSION = "2.2.1"
+HME_TRANSFORMERS = "4.30.2"  # HME's README: "please keep the transformers==4.30.2"
+
+# (GitHub repository, pinned commit): the sources the reference rows run
+REPOS = {
+    "lnln": ("Haoyu-ha/LNLN", "80a052c62b7b3b7a6cb6956846e9d9c121f56eda"),
+    "hme": ("YetZzzzzz/HME", "6f0c9a7adeff47304a4a0337c366283c9a4bf221"),
+    "mmsa": ("thuiar/MMSA", "a94e65d07fa1ae0d44e552390074b29b0898edfd"),  # master, for ALMT
+    "dashfusion": ("ultramarineX/DashFusion", "37ba4177ba4be7db6ef2a8ae0ce916f2d6f99426"),
+}
+# per reference environment: venv name, pip install arguments, import probe
+VENVS = {
+    "lnln": ("ref-lnln", ["einops"], "import einops, yaml"),
+    "hme": ("ref-hme-tf" + HME_TRANSFORMERS, ["einops", f"transformers=={HME_TRANSFORMERS}"],
+            f"import einops, transformers; assert transformers.__version__ == '{HME_TRANSFORMERS}'"),
+    "mmsa": ("ref-mmsa-" + MMSA_VERSION, [f"MMSA=={MMSA_VERSION}", "einops"],
+             "import MMSA, einops"),
+    # its requirements.txt pins; --no-deps: pytorch-metric-learning would pull torchvision
+    "dashfusion": ("ref-dashfusion", ["--no-deps", "pytorch-metric-learning==0.9.99",
+                                      "einops==0.7.0"],
+                   "import pytorch_metric_learning, einops, sklearn"),
+}
 
 
 def rss_mb() -> float | None:
@@ -146,3 +175,89 @@ def engine_step(model, batch_of):
         return loss
 
     return fb, opt
+
+
+# ============================================================================ driver side
+def cache_root() -> Path:
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("msakit")) / "bench"
+
+
+def ensure_venv(kind: str, root: Path, venv: Path | None = None) -> Path:
+    """The python of reference ``kind``'s venv, ``root / VENVS[kind][0]`` or ``venv`` (created
+    once: --system-site-packages + its pip installs; what it lacks is installed); refuses one
+    where pip replaced the installed torch."""
+    import torch
+
+    name, pip_args, probe = VENVS[kind]
+    venv = venv or root / name
+    py = venv_python(venv)
+    check = probe + "; import torch; print(torch.__version__)"
+    r = subprocess.run([str(py), "-c", check], capture_output=True, text=True) if py.exists() else None
+    if r is None or r.returncode != 0:
+        print(f"creating {venv}: pip install {' '.join(pip_args)} (once) ...", flush=True)
+        venv.parent.mkdir(parents=True, exist_ok=True)
+        if not py.exists():
+            subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)],
+                           check=True)
+        subprocess.run([str(py), "-m", "pip", "install", "--quiet", *pip_args], check=True)
+        r = subprocess.run([str(py), "-c", check], capture_output=True, text=True)
+        if r.returncode != 0:
+            raise SystemExit(f"{kind}: the venv {venv} does not import:\n{r.stderr[-2000:]}")
+    got = r.stdout.strip().splitlines()[-1]
+    if got != torch.__version__:
+        raise SystemExit(f"pip replaced torch in {venv} ({got}, expected the system's "
+                         f"{torch.__version__}): delete the venv and install with --no-deps")
+    return py
+
+
+def venv_versions(py: Path) -> dict:
+    code = ("import importlib.metadata as m, json; out = {}\n"
+            "for p in ('torch', 'transformers', 'MMSA', 'einops', 'tokenizers'):\n"
+            "    try: out[p] = m.version(p)\n"
+            "    except Exception: pass\n"
+            "print(json.dumps(out))")
+    r = subprocess.run([str(py), "-c", code], capture_output=True, text=True)
+    return json.loads(r.stdout) if r.returncode == 0 else {}
+
+
+def find_git_dir(repo: str, given: dict[str, str], kind: str) -> Path | None:
+    if kind in given:
+        return Path(given[kind])
+    root = Path(os.environ.get("MSAKIT_BENCH_MIRROR", "/work/.mirror"))
+    for cand in (root / repo.replace("/", "+") / "repo", root / repo.replace("/", "+")):
+        if (cand / "HEAD").is_file() or (cand / ".git").exists():
+            return cand
+    return None
+
+
+def fetch_source(kind: str, dest: Path, given_git: dict[str, str], commits: dict[str, str],
+                 paths: tuple[str, ...] = ()) -> tuple[Path, str]:
+    """``git archive`` of the pinned commit of reference ``kind`` into ``dest``: from a local
+    git dir (--git-dir, else $MSAKIT_BENCH_MIRROR or /work/.mirror), else a fresh clone."""
+    repo, commit = REPOS[kind]
+    commit = commits.get(kind, commit)
+    gd = find_git_dir(repo, given_git, kind)
+    if gd is None:
+        gd = dest.parent / f"{kind}.git"
+        if not gd.exists():
+            print(f"cloning https://github.com/{repo} ...", flush=True)
+            subprocess.run(["git", "clone", "--quiet", "--bare", f"https://github.com/{repo}",
+                            str(gd)], check=True)
+    git = ["git", f"--git-dir={gd}"]
+    r = subprocess.run(git + ["rev-parse", "--verify", f"{commit}^{{commit}}"],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        raise SystemExit(f"{repo}: commit {commit} not in {gd} (update it, or pass "
+                         f"--commit {kind}=HEAD)")
+    full = r.stdout.strip()
+    tar = subprocess.run(git + ["archive", "--format=tar", full, *paths], capture_output=True,
+                         check=True).stdout
+    dest.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(fileobj=io.BytesIO(tar)) as tf:
+        try:
+            tf.extractall(dest, filter="data")
+        except TypeError:  # Python without extraction filters
+            tf.extractall(dest)
+    return dest, full

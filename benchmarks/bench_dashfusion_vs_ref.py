@@ -1,5 +1,5 @@
 """DashFusion's training step, inference and memory: msakit's ``dashfusion`` against the
-reference code (ultramarineX/DashFusion, pinned in ``bench_text_vs_refs.REPOS``), same run.
+reference code (ultramarineX/DashFusion, pinned in ``_refbench.REPOS``), same run.
 
 Every row runs in its own fresh subprocess (so peak memory figures compare): the reference in
 its own virtual environment (``--system-site-packages`` with the installed torch, plus its
@@ -371,7 +371,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.warmup < 0:
         raise SystemExit("--warmup must be >= 0")
     import torch
-    from bench_text_vs_refs import cache_root, ensure_venv, fetch_source  # benchmarks/
+    from _refbench import cache_root, ensure_venv, fetch_source  # benchmarks/
 
     res = {"command": "python " + " ".join([os.path.relpath(__file__)] + sys.argv[1:]),
            "date": dt.datetime.now().isoformat(timespec="seconds"), "machine": machine(),

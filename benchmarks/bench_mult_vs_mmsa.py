@@ -32,11 +32,11 @@ Ratios per model: MMSA's time over msakit's (step, CPU, inference), msakit's mem
 MMSA's; the goal (issue 13) is no slower than MMSA for any model and ALMT at least 3x faster.
 What each MMSA row needed to run without BERT is listed in ``MMSA_NOTES`` and in the report.
 
-MMSA runs in a virtual environment this script creates (``python -m venv
---system-site-packages``, then ``pip install MMSA==2.2.1``, plus ``einops`` for ALMT), so it
-reuses the installed torch; the script refuses to measure if pip replaced torch in that venv.
-ALMT's source is ``git archive``d from a local mirror of thuiar/MMSA (or a clone) at the commit
-``bench_text_vs_refs.py`` pins, into a temporary folder. On a machine shared with other jobs
+MMSA runs in the virtual environment ``_refbench.ensure_venv("mmsa")`` creates (the one
+bench_text_vs_refs.py uses: ``python -m venv --system-site-packages``, then ``pip install
+MMSA==2.2.1 einops``), so it reuses the installed torch; the script refuses to measure if pip
+replaced torch in that venv. ALMT's source is ``git archive``d from a local mirror of
+thuiar/MMSA (or a clone) at the commit ``_refbench.REPOS`` pins, into a temporary folder. On a machine shared with other jobs
 use ``--threads 1`` (the default) and read the CPU times. Usage::
 
     python benchmarks/bench_mult_vs_mmsa.py --out bench_mmsa.json --markdown   # all six
@@ -63,17 +63,19 @@ import time
 from pathlib import Path
 
 from _refbench import (  # benchmarks/
+    MMSA_VERSION,
     add_common_args,
+    cache_root,
     engine_step,
+    ensure_venv,
+    fetch_source,
     machine,
     time_inference,
     time_steps,
-    venv_python,
     worker_error,
 )
 
 SHAPES = {"text": (50, 768), "audio": (375, 5), "vision": (500, 20)}
-MMSA_VERSION = "2.2.1"
 MODELS = ["mult", "tfn", "lmf", "misa", "self_mm", "almt"]
 MOSI_TRAIN = 1284  # MMSA's train_samples for MOSI: rows of Self-MM's label memory on both sides
 CLIP_VALUE = 0.6  # MMSA's MulT trainer: clip_grad_value_(0.6)
@@ -436,48 +438,6 @@ def worker(impl: str, name: str, batch: int, warmup: int, steps: int, infer_batc
 
 
 # ============================================================================ driver side
-def default_venv() -> Path:
-    from platformdirs import user_cache_dir
-
-    return Path(user_cache_dir("msakit")) / "bench" / f"mmsa-{MMSA_VERSION}-venv"
-
-
-def ensure_mmsa_venv(venv: Path, extra: tuple[str, ...] = ()) -> Path:
-    """Create ``venv`` with MMSA (and the modules ``extra``, pip names = import names)
-    installed beside the system torch, or add what it lacks; return its python."""
-    py = venv_python(venv)
-    probe = f"import {', '.join(['MMSA', *extra])}, torch; print(torch.__version__)"
-    if py.exists():
-        r = subprocess.run([str(py), "-c", probe], capture_output=True, text=True)
-        if r.returncode == 0:
-            _check_torch(r.stdout.strip(), venv)
-            return py
-    else:
-        print(f"creating {venv} (once) ...", flush=True)
-        venv.parent.mkdir(parents=True, exist_ok=True)
-        subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)],
-                       check=True)
-    print(f"{venv}: pip install MMSA=={MMSA_VERSION} {' '.join(extra)} ...", flush=True)
-    subprocess.run(
-        [str(py), "-m", "pip", "install", "--quiet", f"MMSA=={MMSA_VERSION}", *extra], check=True
-    )
-    r = subprocess.run([str(py), "-c", probe], capture_output=True, text=True)
-    if r.returncode != 0:
-        raise SystemExit(f"MMSA does not import in {venv}:\n{r.stderr}")
-    _check_torch(r.stdout.strip(), venv)
-    return py
-
-
-def _check_torch(venv_torch: str, venv: Path) -> None:
-    import torch
-
-    if venv_torch != torch.__version__:
-        raise SystemExit(
-            f"pip replaced torch in {venv} ({venv_torch}, expected the system's "
-            f"{torch.__version__}): delete the venv and install MMSA with --no-deps"
-        )
-
-
 def run_worker(py: Path, impl: str, model: str, args: argparse.Namespace, steps: int,
                sets=(), src: Path | None = None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
@@ -806,12 +766,9 @@ def main(argv: list[str] | None = None) -> None:
             try:
                 if impl == "mmsa":
                     if mmsa_py is None:
-                        extra = ("einops",) if "almt" in models else ()
-                        mmsa_py = ensure_mmsa_venv(args.venv or default_venv(), extra)
+                        mmsa_py = ensure_venv("mmsa", cache_root(), args.venv)
                     py = mmsa_py
                     if model == "almt" and src is None:
-                        from bench_text_vs_refs import fetch_source  # benchmarks/
-
                         given = {"mmsa": str(args.git_dir)} if args.git_dir else {}
                         src, commit = fetch_source("mmsa", Path(tmp) / "mmsa", given, {},
                                                    ("src/MMSA",))
