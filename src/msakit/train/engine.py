@@ -90,9 +90,9 @@ class TrainConfig:
     num_nodes: int = 1
     strategy: str = "auto"  # "auto": single process, or "ddp" when devices * num_nodes > 1
     # Lightning's precision: "32" (default), or "bf16-mixed": forward and backward under
-    # torch.autocast in bfloat16 (matmuls, attention), fp32 weights, optimiser and loss. On a
-    # CPU with AMX / AVX512-BF16 a fine-tuned text encoder's step is ~2.7x faster (BENCHMARKS
-    # §24). Final evaluation always runs in fp32.
+    # torch.autocast in bfloat16 (matmuls, attention), fp32 weights and optimiser; validation
+    # and evaluation in fp32. On a CPU with AMX a fine-tuned bert-base step is 1.9-2.4x faster,
+    # models on precomputed features 1.05-1.6x slower (BENCHMARKS §24).
     precision: str = "32"
 
     def __post_init__(self) -> None:
