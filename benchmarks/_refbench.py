@@ -137,6 +137,15 @@ def time_inference(forward, batches: int, batch: int, warmup: int = 1) -> dict:
             "infer_cpu_s": _mean(cpu)}
 
 
+def parse_precisions(arg: str) -> list[str]:
+    """``--precision 32,bf16-mixed`` (msakit train's values) as a list; exits naming the
+    option when it holds anything else."""
+    out = [p.strip() for p in arg.split(",") if p.strip()]
+    if not out or not set(out) <= {"32", "bf16-mixed"}:
+        raise SystemExit(f"--precision {arg!r}: expected 32 and/or bf16-mixed, comma-separated")
+    return out
+
+
 def add_common_args(ap) -> None:
     """The options every same-run comparison takes (an ``argparse.ArgumentParser``)."""
     ap.add_argument("--out", type=Path, help="write the JSON results here")

@@ -158,9 +158,9 @@ def main() -> None:
                     help="comma-separated: 32 and/or bf16-mixed (default %(default)s)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     a = ap.parse_args()
-    precisions = [x.strip() for x in a.precision.split(",") if x.strip()]
-    if not precisions or not set(precisions) <= {"32", "bf16-mixed"}:
-        raise SystemExit(f"--precision {a.precision!r}: expected 32 and/or bf16-mixed")
+    from _refbench import parse_precisions  # benchmarks/
+
+    precisions = parse_precisions(a.precision)
     if a.child:
         name, overrides = parse_spec(a.child)
         print(json.dumps(measure(name, a.batch, a.steps, overrides, a.threads, precisions[0])))

@@ -83,6 +83,7 @@ from _refbench import (  # benchmarks/
     ensure_venv,
     fetch_source,
     machine,
+    parse_precisions,
     time_steps,
     venv_versions,
     worker_error,
@@ -949,9 +950,7 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit(f"--variant {v!r}: expected MODEL:K=V[,K=V] with MODEL in "
                              f"{', '.join(models)}")
         variants.setdefault(model, []).append((f"v{i}", kv))
-    precisions = [p.strip() for p in args.precision.split(",") if p.strip()]
-    if not precisions or not set(precisions) <= {"32", "bf16-mixed"}:
-        raise SystemExit(f"--precision {args.precision!r}: expected 32 and/or bf16-mixed")
+    precisions = parse_precisions(args.precision)
     every = with_precisions(all_rows(variants, models, modes), precisions)
     rows = select(every, args.only)
     if args.list:
