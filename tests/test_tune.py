@@ -238,6 +238,20 @@ def test_a_study_serves_one_search(tmp_path, space_file):
     assert len(_trials(f"sqlite:///{storage}", "late_fusion-synthetic-tiny")) == 1
 
 
+def test_precision_reaches_every_trial_and_best_json(tmp_path, space_file):
+    from msakit.errors import RunError
+    from msakit.tune import tune
+
+    res = tune("late_fusion", "synthetic-tiny", space_file, tmp_path / "a", 1, epochs=1,
+               precision="bf16-mixed")
+    assert res["best"]["config"]["train"]["precision"] == "bf16-mixed"
+    cfg = json.loads((tmp_path / "a" / "trials" / "0" / "config.json").read_text())
+    assert cfg["train"]["precision"] == "bf16-mixed"
+    with pytest.raises(RunError, match="created by another search.*different train"):
+        tune("late_fusion", "synthetic-tiny", space_file, tmp_path / "b", 2, epochs=1,
+             storage=str(tmp_path / "a" / "study.db"))
+
+
 # ------------------------------------------------------------------------------ SQLite
 
 @pytest.mark.slow

@@ -466,6 +466,8 @@ def tune(
     grace: Annotated[int | None, typer.Option(help="seconds before a silent trial is failed")] = None,
     threads: Annotated[int | None, typer.Option(help="torch CPU threads (default: torch's)")] = None,
     verbose: Annotated[bool, typer.Option(help="show Lightning's own messages")] = False,
+    precision: Annotated[str | None, typer.Option(
+        help="training precision of every trial: 32 or bf16-mixed (as msakit train)")] = None,
 ) -> None:
     """Hyper-parameter search (Optuna TPE, median pruning) on validation data only; run the
     same command in more processes or machines to add workers. Writes OUT/best.json, which
@@ -479,7 +481,7 @@ def tune(
         sampler_seed=sampler_seed, epochs=epochs, patience=patience, corrupt=corrupt,
         overrides=parse_sets(_with_preset(set_, preset), [model])[model], metric=metric,
         domain=domain, prune=prune, heartbeat=heartbeat, grace=grace, verbose=verbose,
-        log=lambda msg: console.print(msg, markup=False, highlight=False),
+        precision=precision, log=lambda msg: console.print(msg, markup=False, highlight=False),
     )
     states = ", ".join(f"{n} {s}" for s, n in sorted(res["states"].items()))
     console.print(f"study {res['study']}: {states}", markup=False)

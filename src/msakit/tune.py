@@ -434,12 +434,14 @@ def tune(
     grace: int | None = None,
     verbose: bool = False,
     log: Callable[[str], None] = lambda msg: None,
+    precision: str | None = None,
 ) -> dict:
     """Join (or create) study ``study`` in ``storage`` and run trials until the study holds
     ``trials`` of them; write ``OUT/best.json`` and ``OUT/trials.csv``. Returns the study's
     summary (``best``: the best trial's number, value and config, or None; ``states``).
     ``domain="A,B->C"``: every trial trains on the source domains and is scored on their
-    validation rows (``TrainConfig.domain``); the target's rows are never read."""
+    validation rows (``TrainConfig.domain``); the target's rows are never read.
+    ``precision``: every trial's (``TrainConfig.precision``), also in ``best.json``."""
     import optuna
 
     from msakit.data.dataset import MSADataset
@@ -462,7 +464,7 @@ def tune(
     sp = load_space(space or space_path(model), model, fixed)
     base = TrainConfig(**{k: v for k, v in (("epochs", epochs), ("patience", patience),
                                             ("corrupt", corrupt), ("select", metric),
-                                            ("domain", domain))
+                                            ("domain", domain), ("precision", precision))
                           if v is not None})
     ds = dataset if isinstance(dataset, MSADataset) else load_dataset(dataset)
     metric_name, mode = select_metric(base, ds.task)
@@ -473,8 +475,9 @@ def tune(
     identity = {
         "model": model, "dataset": ds.name, "dataset_hash": ds.content_hash(),
         "space": sp.digest(), "seed": seed, "sampler_seed": sampler_seed,
-        "train": {k: getattr(base, k)
-                  for k in ("epochs", "patience", "corrupt", "select", "domain")},
+        "train": {k: getattr(base, k)  # precision only when not fp32: older studies match
+                  for k in ("epochs", "patience", "corrupt", "select", "domain", "precision")
+                  if k != "precision" or base.precision != "32"},
         "set": {k: getattr(fixed_cfg, k) for k in fixed},
         "metric": f"val/{metric_name}", "direction": direction, "prune": prune,
     }
