@@ -138,11 +138,14 @@ def time_inference(forward, batches: int, batch: int, warmup: int = 1) -> dict:
 
 
 def parse_precisions(arg: str) -> list[str]:
-    """``--precision 32,bf16-mixed`` (msakit train's values) as a list; exits naming the
-    option when it holds anything else."""
+    """``--precision 32,bf16-mixed`` (msakit train's values, ``engine.PRECISIONS``) as a list;
+    exits naming the option when it holds anything else."""
+    from msakit.train.engine import PRECISIONS
+
     out = [p.strip() for p in arg.split(",") if p.strip()]
-    if not out or not set(out) <= {"32", "bf16-mixed"}:
-        raise SystemExit(f"--precision {arg!r}: expected 32 and/or bf16-mixed, comma-separated")
+    if not out or not set(out) <= set(PRECISIONS):
+        raise SystemExit(f"--precision {arg!r}: expected some of {', '.join(PRECISIONS)}, "
+                         f"comma-separated")
     return out
 
 

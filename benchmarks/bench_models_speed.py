@@ -32,6 +32,7 @@ import time
 from datetime import date
 
 SHAPES = {"text": (50, 768), "audio": (375, 5), "vision": (500, 20)}
+DTYPE_NAMES = {"32": "float32", "bf16-mixed": "bfloat16"}  # the matmuls of each --precision
 
 
 def make_batch(bs: int, seed: int = 0):
@@ -172,8 +173,7 @@ def main() -> None:
         peaks["bf16-mixed"] = matmul_peak_gflops(a.threads, dtype=torch.bfloat16)
     peak = peaks["32"]
     for k, v in peaks.items():
-        print(f"{'float32' if k == '32' else 'bfloat16'} matmul peak ({a.threads} thread(s)): "
-              f"{v:.1f} GFLOP/s", flush=True)
+        print(f"{DTYPE_NAMES[k]} matmul peak ({a.threads} thread(s)): {v:.1f} GFLOP/s", flush=True)
     rows = []
     for m in a.models:
         for prec in precisions:
@@ -202,8 +202,7 @@ def main() -> None:
         json.dump({"meta": meta, "rows": rows}, f, indent=2)
     if a.markdown:
         print("\nmatmul peak at " + f"{a.threads} thread(s): "
-              + ", ".join(f"{'float32' if k == '32' else 'bfloat16'} {v:.1f} GFLOP/s"
-                          for k, v in peaks.items()))
+              + ", ".join(f"{DTYPE_NAMES[k]} {v:.1f} GFLOP/s" for k, v in peaks.items()))
         print("\n| model | precision | params | train step, wall (s) | train step, CPU (s) | inference (samples/s) | peak RSS (GB) "
               "| GFLOP / train step | share of matmul peak |")
         print("|---|---|---:|---:|---:|---:|---:|---:|---:|")

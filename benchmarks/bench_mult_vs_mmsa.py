@@ -36,8 +36,8 @@ MMSA runs in the virtual environment ``_refbench.ensure_venv("mmsa")`` creates (
 bench_text_vs_refs.py uses: ``python -m venv --system-site-packages``, then ``pip install
 MMSA==2.2.1 einops``), so it reuses the installed torch; the script refuses to measure if pip
 replaced torch in that venv. ALMT's source is ``git archive``d from a local mirror of
-thuiar/MMSA (or a clone) at the commit ``_refbench.REPOS`` pins, into a temporary folder. On a machine shared with other jobs
-use ``--threads 1`` (the default) and read the CPU times. Usage::
+thuiar/MMSA (or a clone) at the commit ``_refbench.REPOS`` pins, into a temporary folder. On a
+machine shared with other jobs use ``--threads 1`` (the default) and read the CPU times. Usage::
 
     python benchmarks/bench_mult_vs_mmsa.py --out bench_mmsa.json --markdown   # all six
     python benchmarks/bench_mult_vs_mmsa.py --models tfn,lmf --steps 10 --out b.json

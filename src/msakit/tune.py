@@ -447,7 +447,7 @@ def tune(
     from msakit.data.dataset import MSADataset
     from msakit.data.registry import load_dataset
     from msakit.models.base import make_config
-    from msakit.train.engine import TrainConfig, select_metric
+    from msakit.train.engine import TrainConfig, select_metric, with_train_defaults
 
     if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
         raise ConfigError(f"--trials {trials!r}: expected an integer >= 1")
@@ -475,9 +475,8 @@ def tune(
     identity = {
         "model": model, "dataset": ds.name, "dataset_hash": ds.content_hash(),
         "space": sp.digest(), "seed": seed, "sampler_seed": sampler_seed,
-        "train": {k: getattr(base, k)  # precision only when not fp32: older studies match
-                  for k in ("epochs", "patience", "corrupt", "select", "domain", "precision")
-                  if k != "precision" or base.precision != "32"},
+        "train": {k: getattr(base, k)
+                  for k in ("epochs", "patience", "corrupt", "select", "domain", "precision")},
         "set": {k: getattr(fixed_cfg, k) for k in fixed},
         "metric": f"val/{metric_name}", "direction": direction, "prune": prune,
     }
@@ -495,8 +494,8 @@ def tune(
         have = st.user_attrs.get("msakit")
         if have is None:
             st.set_user_attr("msakit", identity)
-        elif have != identity:
-            diff = [k for k in identity if have.get(k) != identity[k]]
+        elif (old := with_train_defaults(have)) != (new := with_train_defaults(identity)):
+            diff = [k for k in new if old.get(k) != new[k]]
             raise RunError(
                 f"study {study_name!r} in {redact(url)} was created by another search "
                 f"(different {', '.join(diff)}); use the same options to join it, or another "

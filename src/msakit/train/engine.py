@@ -152,6 +152,20 @@ TRAIN_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig)
                   if f.name in ("devices", "num_nodes", "strategy", "precision")}
 
 
+def with_train_defaults(record: dict) -> dict:
+    """``record`` (a saved config or study identity) with its ``train`` block holding the
+    default of every TRAIN_DEFAULTS key it lacks: what it meant when it was written."""
+    train = record.get("train")
+    if not isinstance(train, dict):
+        return record
+    return {**record, "train": {**TRAIN_DEFAULTS, **train}}
+
+
+def _device(tcfg: TrainConfig) -> str:
+    """The torch device type the engine trains and evaluates on."""
+    return "cuda" if tcfg.accelerator in ("gpu", "cuda") and torch.cuda.is_available() else "cpu"
+
+
 def is_rank_zero() -> bool:
     """False in the non-zero ranks of a distributed run, read from the environment that
     torchrun (RANK) or Lightning's launcher (NODE_RANK, LOCAL_RANK) sets, so it is known
@@ -731,8 +745,8 @@ def _fit(model_name, dataset, seed, run_dir, tcfg, overrides, cfg, verbose,
             gradient_clip_val=grad_clip,
             gradient_clip_algorithm=model.config.grad_clip_mode,
             accumulate_grad_batches=model.config.accumulate,
-            plugins=[_BF16Mixed("bf16-mixed", "cuda" if tcfg.accelerator in ("gpu", "cuda")
-                                else "cpu")] if tcfg.precision == "bf16-mixed" else None,
+            plugins=[_BF16Mixed("bf16-mixed", _device(tcfg))]
+            if tcfg.precision == "bf16-mixed" else None,
             num_sanity_val_steps=0,
             log_every_n_steps=1,
         )
@@ -781,7 +795,7 @@ def _finish(model, lit, dataset, run_dir, tcfg, cfg, trainer, budget) -> RunResu
     best = run_dir / "ckpt" / "best.ckpt"
     if best.exists():
         lit.load_state_dict(load_checkpoint(best)["state_dict"])
-    device = "cuda" if tcfg.accelerator in ("gpu", "cuda") and torch.cuda.is_available() else "cpu"
+    device = _device(tcfg)
     model.to(device)
     model.on_fit_end(lit.engine)  # e.g. HME fills its memory bank from the training split
     model.cpu()
