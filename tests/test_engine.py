@@ -164,3 +164,18 @@ def test_bf16_mixed_precision_trains_selects_in_fp32_and_is_part_of_the_config(t
                  sets)
     with pytest.raises(ConfigError, match="--precision 'fp16'"):
         TrainConfig(precision="fp16")
+
+
+@pytest.mark.parametrize("cuda,mps,expected", [
+    (True, False, {"cpu": "cpu", "gpu": "cuda", "cuda": "cuda", "auto": "cuda", "mps": "cpu"}),
+    (False, True, {"cpu": "cpu", "gpu": "mps", "cuda": "cpu", "auto": "mps", "mps": "mps"}),
+    (False, False, {"cpu": "cpu", "gpu": "cpu", "cuda": "cpu", "auto": "cpu", "mps": "cpu"}),
+])
+def test_evaluation_device_is_the_one_lightning_trains_on(monkeypatch, cuda, mps, expected):
+    """Evaluation and the bf16 autocast follow Lightning's choice for every ``--accelerator``:
+    "auto" on a CUDA machine trains on the GPU, so it must not evaluate on the CPU (it did)."""
+    from msakit.train.engine import _device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: mps)
+    assert {a: _device(TrainConfig(accelerator=a)) for a in expected} == expected

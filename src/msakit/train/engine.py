@@ -162,8 +162,15 @@ def with_train_defaults(record: dict) -> dict:
 
 
 def _device(tcfg: TrainConfig) -> str:
-    """The torch device type the engine trains and evaluates on."""
-    return "cuda" if tcfg.accelerator in ("gpu", "cuda") and torch.cuda.is_available() else "cpu"
+    """The torch device type the engine trains and evaluates on: the one Lightning picks for
+    ``tcfg.accelerator`` ("auto": CUDA, else Apple's MPS, else the CPU; "gpu": CUDA or MPS),
+    so that evaluation and the bf16 autocast run where training does."""
+    acc = tcfg.accelerator
+    if acc in ("gpu", "cuda", "auto") and torch.cuda.is_available():
+        return "cuda"
+    if acc in ("gpu", "mps", "auto") and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
 
 
 def is_rank_zero() -> bool:
