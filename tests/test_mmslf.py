@@ -68,13 +68,38 @@ def prompted():
     return with_prompts(load_dataset("synthetic-tiny"))
 
 
+PROMPT_ENCODES: list[int] = []  # cue texts the frozen prompt encoder read during `run`
+
+
 @pytest.fixture(scope="module")
 def run(prompted, tmp_path_factory):
     """One teacher -> student run (2 epochs each), shared by the tests that only read it."""
+    from transformers import BertModel  # the packaged MiniLM's class
+
+    import msakit.models.mmslf as mmslf
+
     out = tmp_path_factory.mktemp("mmslf") / "run"
-    with counting_fits() as fits:
-        msakit.train("mmslf", prompted, out, seeds=[1], epochs=2, overrides=SMALL)
+    mmslf._PROMPT_STATES.clear()  # as in a fresh process
+    forward = BertModel.forward
+
+    def counting(self, *a, **k):
+        PROMPT_ENCODES.append(1)
+        return forward(self, *a, **k)
+
+    BertModel.forward = counting
+    try:
+        with counting_fits() as fits:
+            msakit.train("mmslf", prompted, out, seeds=[1], epochs=2, overrides=SMALL)
+    finally:
+        BertModel.forward = forward
     return out, fits
+
+
+def test_each_cue_text_is_encoded_once_per_process(run, prompted):
+    """The frozen prompt encoder reads each distinct cue text once: the student's teacher
+    (loaded from disk in the same command) reuses the teacher stage's states."""
+    distinct = {t for sp in prompted.splits.values() for t in sp.prompt_text}
+    assert len(PROMPT_ENCODES) == len(distinct) == 6
 
 
 def rows(path):

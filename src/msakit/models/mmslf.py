@@ -63,7 +63,8 @@ Ours:
 - a sample without a language modality or without any step of a source modality gets a
   zero attention output there (the shared attention's empty-row rule).
 - speed only: the frozen prompt encoder's states are memoised per distinct cue text (float16,
-  each text encoded alone; about 50 KB per text of 64 tokens: 0.8 GB for MOSEI's 16k).
+  each text encoded alone, shared by the teacher and the student's teacher and by the seeds of
+  one process; about 50 KB per text of 64 tokens: 0.8 GB for MOSEI's 16k).
 - constant lr with early stopping on validation MAE by default; ``--preset paper`` has the
   reference's warm-up + cosine schedule (core/scheduler.py:58-62) and epochs.
 """
@@ -161,6 +162,10 @@ class MMSLFConfig(ModelConfig):
 
 
 _TOKENIZERS: dict[str, Any] = {}
+# the frozen prompt encoder's float16 states per encoder name and cue text's token ids: one
+# memo per process, so the teacher stage, the student's loaded teacher and every seed of a
+# command share one encoding of each text (the weights are the package's, never trained)
+_PROMPT_STATES: dict[str, dict[bytes, torch.Tensor]] = {}
 
 
 def _prompt_tokenizer(name: str):
@@ -339,12 +344,13 @@ class MMSLF(MSAModel):
     def _frozen_prompt_states(self, ids: torch.Tensor, valid: torch.Tensor,
                               h: torch.Tensor) -> torch.Tensor:
         """The frozen prompt encoder's states of each row, memoised per distinct cue text
-        (speed only: the encoder runs once per text and model, not once per epoch). Each text
-        is encoded alone, at its own length, and kept in float16, so a value never depends on
-        the batch it was first met in (a resumed run and an uninterrupted one read the same)."""
+        (speed only: the encoder runs once per text and process, not once per epoch, stage or
+        seed). Each text is encoded alone, at its own length, and kept in float16, so a value
+        never depends on the batch it was first met in (a resumed run and an uninterrupted one
+        read the same)."""
         enc = self.prompt_text_encoder.encoder
         enc.eval()
-        memo = self.__dict__.setdefault("_prompt_memo", {})
+        memo = _PROMPT_STATES.setdefault(self.config.prompt_encoder, {})
         rows = []
         for i in range(ids.shape[0]):
             tok = ids[i][valid[i]]
