@@ -151,6 +151,67 @@ def test_second_writer_gets_a_clear_error(toy_dataset, tmp_path):
         pass
 
 
+SEEDS_SCRIPT = textwrap.dedent("""
+    import pathlib, sys, time, torch
+    torch.set_num_threads(1)
+    from msakit.train import train
+    out, seeds, wait_for = sys.argv[1], [int(s) for s in sys.argv[2].split(",")], sys.argv[3:]
+
+    def barrier(i, seed):  # train only once the other process has claimed its seed too
+        t = time.time()
+        while wait_for and not pathlib.Path(wait_for[0]).exists():
+            if time.time() - t > 300:
+                sys.exit("the other process never claimed its seed")
+            time.sleep(0.05)
+
+    train("late_fusion", "synthetic-tiny", out, seeds=seeds, epochs=10, corrupt="frames:random",
+          overrides={"dropout": 0.2}, on_seed_start=barrier)
+""")
+
+
+def test_seeds_train_side_by_side_into_one_folder_as_they_would_one_after_another(tmp_path):
+    """Two processes train seeds 1111 and 1112 into one --out at the same time (a job array;
+    each starts training only once the other has claimed its seed, which a lock held for the
+    whole run would forbid): both finish, each seed's metrics are the bytes of the same seeds
+    trained one after the other by one process, and the summary covers both."""
+    script = tmp_path / "train.py"
+    script.write_text(SEEDS_SCRIPT)
+    out, serial = tmp_path / "shared", tmp_path / "serial"
+    procs = [subprocess.Popen([sys.executable, str(script), str(out), str(seed),
+                               str(out / f"seed_{other}" / "config.json")], env=ENV,
+                              stderr=subprocess.PIPE, text=True)
+             for seed, other in ((1111, 1112), (1112, 1111))]
+    errs = [p.communicate(timeout=600)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], errs
+    subprocess.run([sys.executable, str(script), str(serial), "1111,1112"], env=ENV, check=True,
+                   timeout=600)
+    for seed in (1111, 1112):
+        assert ((out / f"seed_{seed}" / "metrics.json").read_bytes()
+                == (serial / f"seed_{seed}" / "metrics.json").read_bytes())
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["_meta"]["seeds"] == [1111, 1112] and summary["test"]["mae"]["n"] == 2
+    assert summary == json.loads((serial / "summary.json").read_text())
+
+
+def test_a_seed_being_trained_or_another_config_is_refused_in_one_line(tmp_path):
+    """While a process trains seed 1 of a run folder (its lock held here), `msakit train` for
+    the same seed, or for another seed with another config, ends in one line with exit 2 and
+    trains nothing."""
+    from msakit.train.engine import RunLock
+
+    args = ["train", "--model", "late_fusion", "--dataset", "synthetic-tiny", "--epochs", "1",
+            "--out", str(tmp_path)]
+    assert cli(*args, "--seeds", "1").returncode == 0
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    with RunLock(tmp_path / "seed_1"):
+        same = cli(*args, "--seeds", "1")
+        other = cli(*args, "--seeds", "2", "--set", "d=32")
+    assert same.returncode == 2 and "seed_1" in same.stderr and "another msakit process" in same.stderr
+    assert other.returncode == 2 and "another config" in other.stderr
+    assert "Traceback" not in same.stderr + other.stderr
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before
+
+
 def test_summary_covers_every_finished_seed_and_refuses_duplicates(toy_dataset, tmp_path):
     msakit.train("late_fusion", toy_dataset, tmp_path, seeds=[1], epochs=1)
     s = msakit.train("late_fusion", toy_dataset, tmp_path, seeds=[2], epochs=1)

@@ -119,6 +119,8 @@ def train(
     """Train ``model`` on ``dataset`` once per seed into ``out/seed_<s>/`` and write
     ``out/summary.json``: mean and std over every finished seed folder in ``out`` (the same set
     ``msakit eval`` averages). A run folder holds one config; seeds differ, nothing else.
+    Processes may train other seeds into the same ``out`` at the same time (e.g. one seed per
+    job of a job array); the last to finish writes the summary of them all.
 
     ``domain="A,B->C"`` (or a ``domain:A,B->C`` part of ``corrupt``) trains and selects on the
     source domains only; ``summary["test"]`` is then the target domains' test split and
@@ -157,6 +159,10 @@ def train(
         tcfg.domain = domain
     tcfg.progress = progress
     tcfg.__post_init__()  # validate what the arguments changed
+    # The folder lock is held while checking the seeds' configs and claiming them, and again
+    # while summarising; each seed trains under its own folder's lock (fit_seed). So a process
+    # that reaches a seed another one is training is refused, and one with another config is
+    # refused before it trains anything.
     with RunLock(out):
         # a model class may ask for stages fitted per seed before its own (MMSLF: the teacher
         # into seed_S/teacher/); its plan also gives the main fit's overrides and callbacks
@@ -172,10 +178,16 @@ def train(
                         f"{d} was trained with another config ({'; '.join(diff)}); a run folder "
                         f"holds one config: use another --out"
                     )
-        for i, s in enumerate(seeds):
-            if on_seed_start is not None:
-                on_seed_start(i, s)
-            fit_planned(model, ds, s, out / f"seed_{s}", tcfg, overrides, plan, verbose)
+        for s in seeds:  # the claim: a later process with another config sees it
+            claim = out / f"seed_{s}" / "config.json"
+            if is_rank_zero() and not claim.exists():
+                claim.parent.mkdir(exist_ok=True)
+                write_json(claim, resolved_config(model, ds, s, tcfg, dict(overrides or {})))
+    for i, s in enumerate(seeds):
+        if on_seed_start is not None:
+            on_seed_start(i, s)
+        fit_planned(model, ds, s, out / f"seed_{s}", tcfg, overrides, plan, verbose)
+    with RunLock(out):
         finished = [d for d in sorted(out.glob("seed_*")) if (d / "metrics.json").exists()]
         results = [read_json(d / "metrics.json") for d in finished]
         all_seeds = [read_json(d / "config.json")["seed"] for d in finished]
