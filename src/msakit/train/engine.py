@@ -36,6 +36,7 @@ import contextlib
 import csv
 import dataclasses
 import functools
+import gc
 import logging
 import math
 import os
@@ -692,8 +693,14 @@ def fit_seed(
                 return RunResult(run_dir, read_json(run_dir / "metrics.json"), old)
         elif is_rank_zero():
             write_json(run_dir / "config.json", cfg)
-        return _fit(model_name, dataset, seed, run_dir, tcfg, overrides, cfg, verbose,
-                    callbacks or [])
+        res = _fit(model_name, dataset, seed, run_dir, tcfg, overrides, cfg, verbose,
+                   callbacks or [])
+    # Lightning's trainer, module and callbacks refer to each other: without a collection here
+    # each fit's model, optimiser and data (a domain view of MOSEI: 1.4 GB) stay alive until
+    # Python's next full collection, and a process that fits many seeds grows by that much
+    # per fit (an ERM + DANN + MIDG run on MOSEI reached 13 GB and was OOM-killed)
+    gc.collect()
+    return res
 
 
 def _fit(model_name, dataset, seed, run_dir, tcfg, overrides, cfg, verbose,
