@@ -250,6 +250,24 @@ def test_the_prompt_changes_the_teacher_even_on_text_only_samples(prompted):
         torch.testing.assert_close(teacher(b1.replace(prompt_ids=ids)).pred, p1)
 
 
+def test_prompt_states_memoised_under_bf16_are_never_read_in_fp32(prompted):
+    """The frozen prompt encoder's memo is shared by every MMSLF model of a process, but a
+    bf16-autocast run keeps its own: an fp32 prediction after one is the fresh fp32 one."""
+    import msakit.models.mmslf as mmslf
+
+    torch.manual_seed(0)
+    teacher = create_model("mmslf", prompted.dims, **{**SMALL, "stage": "teacher"}).eval()
+    b = collate(teacher.prepare_split(prompted.splits["valid"]), np.arange(8))
+    mmslf._PROMPT_STATES.clear()
+    with torch.no_grad():
+        fresh = teacher(b).pred
+        mmslf._PROMPT_STATES.clear()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            teacher(b)
+        after_bf16 = teacher(b).pred
+    assert torch.equal(after_bf16, fresh)
+
+
 def test_attention_maps_are_distributions_over_observed_steps(prompted):
     torch.manual_seed(0)
     student = create_model("mmslf", prompted.dims, **SMALL)

@@ -162,10 +162,11 @@ class MMSLFConfig(ModelConfig):
 
 
 _TOKENIZERS: dict[str, Any] = {}
-# the frozen prompt encoder's float16 states per encoder name and cue text's token ids: one
-# memo per process, so the teacher stage, the student's loaded teacher and every seed of a
-# command share one encoding of each text (the weights are the package's, never trained)
-_PROMPT_STATES: dict[str, dict[bytes, torch.Tensor]] = {}
+# the frozen prompt encoder's float16 states per (encoder name, device type, autocast dtype)
+# and cue text's token ids: one memo per process, so the teacher stage, the student's loaded
+# teacher and every seed of a command share one encoding of each text (the weights are the
+# package's, never trained); a bf16 run never hands its states to an fp32 one
+_PROMPT_STATES: dict[tuple, dict[bytes, torch.Tensor]] = {}
 
 
 def _prompt_tokenizer(name: str):
@@ -350,7 +351,9 @@ class MMSLF(MSAModel):
         read the same)."""
         enc = self.prompt_text_encoder.encoder
         enc.eval()
-        memo = _PROMPT_STATES.setdefault(self.config.prompt_encoder, {})
+        dev = ids.device.type
+        amp = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else None
+        memo = _PROMPT_STATES.setdefault((self.config.prompt_encoder, dev, amp), {})
         rows = []
         for i in range(ids.shape[0]):
             tok = ids[i][valid[i]]
