@@ -151,6 +151,34 @@ def test_second_writer_gets_a_clear_error(toy_dataset, tmp_path):
         pass
 
 
+def test_a_process_arriving_while_seeds_are_claimed_waits_and_trains(tmp_path):
+    """Processes of a job array start together, so one reaches the run folder while another
+    holds its lock to claim seeds: it waits for that lock (a seed's own lock refuses at once),
+    then trains its seed. The test holds the folder lock until `msakit train` has opened the
+    lock file (seen in /proc), then releases it."""
+    from msakit.train.engine import RunLock
+
+    lock = tmp_path / ".msakit.lock"
+    with RunLock(tmp_path):
+        p = subprocess.Popen(
+            [sys.executable, "-m", "msakit.cli", "train", "--model", "late_fusion", "--dataset",
+             "synthetic-tiny", "--epochs", "1", "--seeds", "2", "--out", str(tmp_path)],
+            env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        fds = Path(f"/proc/{p.pid}/fd")
+        t = time.time()
+        while p.poll() is None and time.time() - t < 300:
+            with_lock = [f for f in fds.iterdir() if os.path.realpath(f) == str(lock)] \
+                if fds.exists() else []
+            if with_lock:
+                break
+            time.sleep(0.02)
+        time.sleep(0.5)  # it is trying for the lock now; an old msakit would have left
+    out, err = p.communicate(timeout=600)
+    assert p.returncode == 0, err
+    assert (tmp_path / "seed_2" / "metrics.json").exists()
+    assert json.loads((tmp_path / "summary.json").read_text())["_meta"]["seeds"] == [2]
+
+
 SEEDS_SCRIPT = textwrap.dedent("""
     import pathlib, sys, time, torch
     torch.set_num_threads(1)

@@ -26,6 +26,10 @@ from msakit.train.engine import (
 )
 
 DEFAULT_SEEDS = (1111, 1112, 1113)
+# how long a process waits for a run folder's lock held by another claiming its seeds or
+# summarising (seconds each, ours): enough for many processes of a job array, each hashing
+# the data, and short of hiding a process that holds it for another reason
+CLAIM_WAIT_S = 600.0
 
 
 def summarize(per_seed: list[dict[str, dict[str, float]]]) -> dict:
@@ -162,8 +166,9 @@ def train(
     # The folder lock is held while checking the seeds' configs and claiming them, and again
     # while summarising; each seed trains under its own folder's lock (fit_seed). So a process
     # that reaches a seed another one is training is refused, and one with another config is
-    # refused before it trains anything.
-    with RunLock(out):
+    # refused before it trains anything. Processes started together (a job array) take the
+    # folder lock in turn: it waits, up to CLAIM_WAIT_S, where a seed's lock refuses at once.
+    with RunLock(out, wait_s=CLAIM_WAIT_S):
         # a model class may ask for stages fitted per seed before its own (MMSLF: the teacher
         # into seed_S/teacher/); its plan also gives the main fit's overrides and callbacks
         plan = stage_plan(model, dict(overrides or {}), StageContext(
@@ -187,7 +192,7 @@ def train(
         if on_seed_start is not None:
             on_seed_start(i, s)
         fit_planned(model, ds, s, out / f"seed_{s}", tcfg, overrides, plan, verbose)
-    with RunLock(out):
+    with RunLock(out, wait_s=CLAIM_WAIT_S):
         finished = [d for d in sorted(out.glob("seed_*")) if (d / "metrics.json").exists()]
         results = [read_json(d / "metrics.json") for d in finished]
         all_seeds = [read_json(d / "config.json")["seed"] for d in finished]

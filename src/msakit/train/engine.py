@@ -588,24 +588,37 @@ def load_run_model(
 
 class RunLock:
     """An advisory lock on a run folder (``.msakit.lock``), released when the process ends
-    (also on SIGKILL). A second writer gets :class:`RunError` naming the holder. In the
-    non-zero ranks of a distributed run it does nothing (rank 0 holds it for all)."""
+    (also on SIGKILL). A second writer gets :class:`RunError` naming the holder: at once, or
+    with ``wait_s`` once the lock has stayed held that long (for locks held only briefly, such
+    as a run folder's while seeds are claimed). In the non-zero ranks of a distributed run it
+    does nothing (rank 0 holds it for all)."""
 
-    def __init__(self, run_dir: Path) -> None:
+    def __init__(self, run_dir: Path, wait_s: float = 0.0) -> None:
         self.path = Path(run_dir) / ".msakit.lock"
+        self.wait_s = wait_s
         self.fd: int | None = None
 
-    def __enter__(self) -> RunLock:
+    def _acquire(self, fd: int) -> bool:
         import fcntl
+
+        deadline = time.monotonic() + self.wait_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return True
+            except OSError:
+                if time.monotonic() >= deadline:
+                    return False
+                time.sleep(0.1)
+
+    def __enter__(self) -> RunLock:
         import socket
 
         if not is_rank_zero():
             return self
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        if not self._acquire(fd):
             holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
             os.close(fd)
             raise RunError(
