@@ -112,7 +112,8 @@ def test_lnln_paper_size_matches_the_reference():
     2,176), separate key/value LayerNorms (9,728), and the proxy generator's second token set
     (1,024): 134,400 in all."""
     assert n_params("lnln", preset="paper") == 6_483_012 - 134_400
-    assert n_params("lnln") == 2_416_452  # ours: heads of width 16
+    assert n_params("lnln") == n_params("lnln", preset="paper")  # the default has its width
+    assert n_params("lnln", preset="fast") == 2_416_452  # ours: heads of width 16
 
 
 def test_hme_paper_size_matches_the_reference():
