@@ -15,6 +15,11 @@ Full run (the lead's)::
     python benchmarks/mmslf.py --out runs/mmslf --datasets mosi-text,mosei-text,mosi-bclstm \
         --seeds 1111,1112,1113 --markdown
 
+Seeds in parallel (what BENCHMARKS.md §20 did): one process per seed, ``--seeds S`` each,
+into one ``--out``, after the cue texts exist (one earlier process, so that the processes do
+not all write them), then the full ``--seeds`` list with ``--markdown``, which reuses the
+finished runs and evaluates.
+
 Tiny check (what a 2-core test machine affords; subsampled splits, a small network)::
 
     python benchmarks/mmslf.py --out /tmp/mmslf-bench --datasets mosi-bclstm --seeds 1,2 \
@@ -56,15 +61,9 @@ def subsample(ds, n: int):
 def prompted_dataset(name: str, out: Path, limit: int | None):
     """``name`` with offline cue texts attached (generated once into OUT/prompts/<name>)."""
     from msakit.data.registry import load_dataset
+    from msakit.prompts import attach_prompts, generate_prompts
 
     ds = load_dataset(name)
-    try:
-        from msakit.prompts import attach_prompts, generate_prompts
-    except ImportError:  # before msakit.prompts existed: a label-free stand-in (ours)
-        print("msakit.prompts not found: cue texts are the transcripts", file=sys.stderr)
-        for sd in ds.splits.values():
-            sd.prompt_text = list(sd.raw_text or [""] * len(sd))
-        return subsample(ds, limit) if limit else ds
     pdir = out / "prompts" / name
     if not (pdir / "manifest.json").exists():
         generate_prompts(ds, pdir, "offline")
