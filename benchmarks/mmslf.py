@@ -79,11 +79,19 @@ def levels_of(protocol: str, given: dict[str, str], ds) -> list[str]:
 
 def evaluate(run_dir: Path, ds, protocols: dict[str, list[str]], bare) -> dict:
     """Test metrics of one seed's model: clean and at every protocol level. ``bare``: the
-    dataset without cue texts (what the student and plain are evaluated on)."""
+    dataset without cue texts (what the student and plain are evaluated on). Kept in
+    ``run_dir/bench_eval.json`` with the levels, so that the run over all seeds after
+    per-seed processes (or a rerun) evaluates nothing twice."""
     from msakit.corrupt import parse_protocol
     from msakit.evaluate.robustness import protocol_spec
+    from msakit.fileio import read_json, write_json
     from msakit.train.engine import evaluate_model, load_run_model
 
+    kept = run_dir / "bench_eval.json"
+    if kept.exists():
+        old = read_json(kept)
+        if old.get("protocols") == protocols and old.get("dataset") == ds.name:
+            return old["result"]
     model, cfg = load_run_model(run_dir)
     data = ds if cfg["model_config"].get("stage") == "teacher" else bare
     res = {"clean": evaluate_model(model, data, ("test",))["test"]}
@@ -91,6 +99,7 @@ def evaluate(run_dir: Path, ds, protocols: dict[str, list[str]], bare) -> dict:
         res[prot] = {lv: evaluate_model(model, data, ("test",),
                                         protocol=parse_protocol(protocol_spec(prot, lv)),
                                         seed=0)["test"] for lv in levels}
+    write_json(kept, {"dataset": ds.name, "protocols": protocols, "result": res})
     return res
 
 
