@@ -164,13 +164,22 @@ def test_a_process_arriving_while_seeds_are_claimed_waits_and_trains(tmp_path):
             [sys.executable, "-m", "msakit.cli", "train", "--model", "late_fusion", "--dataset",
              "synthetic-tiny", "--epochs", "1", "--seeds", "2", "--out", str(tmp_path)],
             env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        fds = Path(f"/proc/{p.pid}/fd")
+        def has_lock_open() -> bool:  # its fds come and go while we look: skip vanished ones
+            fds = f"/proc/{p.pid}/fd"
+            try:
+                names = os.listdir(fds)
+            except OSError:
+                return False
+            for n in names:
+                try:
+                    if os.readlink(f"{fds}/{n}") == str(lock):
+                        return True
+                except OSError:
+                    continue
+            return False
+
         t = time.time()
-        while p.poll() is None and time.time() - t < 300:
-            with_lock = [f for f in fds.iterdir() if os.path.realpath(f) == str(lock)] \
-                if fds.exists() else []
-            if with_lock:
-                break
+        while p.poll() is None and time.time() - t < 300 and not has_lock_open():
             time.sleep(0.02)
         time.sleep(0.5)  # it is trying for the lock now; an old msakit would have left
     out, err = p.communicate(timeout=600)
