@@ -18,7 +18,7 @@ Full run (the lead's)::
 Seeds in parallel (what BENCHMARKS.md §20 did): one process per seed, ``--seeds S`` each,
 into one ``--out``, after the cue texts exist (one earlier process, so that the processes do
 not all write them), then the full ``--seeds`` list with ``--markdown``, which reuses the
-finished runs and evaluates.
+finished runs and their evaluations.
 
 Tiny check (what a 2-core test machine affords; subsampled splits, a small network)::
 

@@ -164,6 +164,7 @@ def test_a_process_arriving_while_seeds_are_claimed_waits_and_trains(tmp_path):
             [sys.executable, "-m", "msakit.cli", "train", "--model", "late_fusion", "--dataset",
              "synthetic-tiny", "--epochs", "1", "--seeds", "2", "--out", str(tmp_path)],
             env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
         def has_lock_open() -> bool:  # its fds come and go while we look: skip vanished ones
             fds = f"/proc/{p.pid}/fd"
             try:

@@ -89,7 +89,7 @@ one LayerNorm before attention (the 134,400 parameters the reference has more;
 tests/test_presets.py). The reference selects its checkpoint on the test split; msakit on
 validation, always. Measured on mosi-bclstm (BENCHMARKS.md §13): ``paper`` selects a
 validation MAE of 0.656 ± 0.014 over its 200 epochs; the default's patience of 30 stops after
-39-65 of them and selects the same epochs (replayed on those runs' validation curves); ``fast``
+40-66 of them and selects the same epochs (replayed on those runs' validation curves); ``fast``
 selects 0.678 ± 0.017, and 0.675 ± 0.005 given the same 200-epoch schedule and patience 30.
 
 Text path of the reported numbers: precomputed text features (``text_encoder=features``,
